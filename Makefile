@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:
+#   make demo   -> installs, then runs tokenize -> train (Ray) -> sample -> MLflow end to end
+#   make test   -> installs the test extras, then runs the test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= outputs/demo
+VIDEOS ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch (already on the machine here); a CUDA build on GPU nodes satisfies the same requirement
+	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q "torch>=2.4"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m experiments.demo out_dir=$(OUT) $(if $(VIDEOS),videos=$(VIDEOS)) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache
