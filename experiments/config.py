@@ -12,6 +12,7 @@ itself, whose working-directory and logging takeover does not suit Ray workers a
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -53,6 +54,19 @@ def _resolve_key(cfg: DictConfig, key: str) -> str:
     raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(known)}")
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def parse_value(raw: str) -> Any:
+    """Parse an override value as YAML, but read ``3e-4``/``1E5`` as floats (YAML 1.1 reads them as strings)."""
+    if raw == "":
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _FLOAT.match(value.strip()):
+        return float(value)
+    return value
+
+
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
     """Apply ``key=value`` overrides in order (see module docstring).
 
@@ -64,7 +78,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
             raise ConfigError(f"override {word!r} must look like key=value")
         key, raw = word.split("=", 1)
         key = key.strip().lstrip("+")
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = parse_value(raw)
         path = _resolve_key(cfg, key)
         OmegaConf.update(cfg, path, value, merge=False, force_add=True)
     return cfg

@@ -1,0 +1,477 @@
+"""Train the frame-masked backbone with Ray Train DDP (Algorithm 1 on every worker).
+
+    python -m experiments.train shards=outputs/tokens run_name=ffs-xl preset=ffs
+    ray job submit --address http://HEAD:8265 --working-dir . -- python -m experiments.train preset=ffs shards=s3://…
+
+Each worker reads its own shard of the training windows through ``ray.train.get_dataset_shard``
+(Ray's ``streaming_split(equal=True)``: disjoint rows, equal counts, so every rank runs the same number
+of steps and reaches every ``ray.train.report`` barrier). Checkpoints hold model, EMA, optimizer, LR
+schedule, step and the resolved config; running the same command with the same ``run_name`` resumes
+from the latest one and keeps logging to the same MLflow run. ``FailureConfig(max_failures)`` restarts
+a failed worker group from the latest checkpoint by itself.
+
+Masking randomness is a pure function of ``(seed, rank, step)``, so a resumed job draws the same masks
+it would have drawn without the interruption.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import ConfigError, flatten, load_config, to_container
+
+log = logging.getLogger("experiments.train")
+
+__all__ = ["main", "validate_config", "train_loop_per_worker", "window_dataset"]
+
+MODEL_SIZES_CPU_HINT = ("tiny", "small")
+
+
+# --------------------------------------------------------------------------------------- config
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse a training config that cannot work, before any work starts.
+
+    Raises:
+        ConfigError: naming the setting and its allowed range.
+    """
+    if int(cfg.chunk_size) < 2:
+        raise ConfigError(f"chunk_size must be >= 2, got {cfg.chunk_size}")
+    if not 0 <= int(cfg.method.max_context_frames) < int(cfg.chunk_size):
+        raise ConfigError(
+            f"method.max_context_frames must be in [0, chunk_size - 1] = [0, {int(cfg.chunk_size) - 1}], "
+            f"got {cfg.method.max_context_frames}"
+        )
+    for key in ("batch_size_per_worker", "max_steps", "log_every", "checkpoint_every"):
+        if int(cfg.loop[key]) < 1:
+            raise ConfigError(f"loop.{key} must be >= 1, got {cfg.loop[key]}")
+    if int(cfg.optim.grad_accum_steps) < 1:
+        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {cfg.optim.grad_accum_steps}")
+    if int(cfg.scaling.num_workers) < 1:
+        raise ConfigError(f"scaling.num_workers must be >= 1, got {cfg.scaling.num_workers}")
+    if cfg.optim.precision not in ("bf16", "fp16", "fp32"):
+        raise ConfigError(f"optim.precision must be bf16, fp16 or fp32, got {cfg.optim.precision!r}")
+    if str(cfg.scaling.use_gpu).lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"scaling.use_gpu must be auto, true or false, got {cfg.scaling.use_gpu!r}")
+
+
+def _use_gpu(cfg: DictConfig) -> bool:
+    value = str(cfg.scaling.use_gpu).lower()
+    if value == "auto":
+        import ray
+
+        return ray.cluster_resources().get("GPU", 0) >= 1
+    return value == "true"
+
+
+# ------------------------------------------------------------------------------------ data
+def _window_rows(row: dict[str, Any], chunk_size: int, read_tokens) -> list[dict[str, Any]]:
+    """Cut one segment into ``floor(T / k)`` windows of ``k`` frames at a random offset (new each epoch)."""
+    tokens = read_tokens(row)  # [T, h, w]
+    n = tokens.shape[0] // chunk_size
+    if n == 0:
+        return []
+    offset = np.random.randint(0, tokens.shape[0] - n * chunk_size + 1)
+    return [
+        {"tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size], dtype=np.int64)}
+        for i in range(n)
+    ]
+
+
+def window_dataset(shards: str, split: str, chunk_size: int):
+    """Ray Dataset of training windows ``{"tokens": int64 [chunk_size, h, w]}`` from the token shards.
+
+    Every segment of ``T`` frames gives ``floor(T / chunk_size)`` windows at a random offset that is
+    drawn again each epoch; segments shorter than a chunk give none. The row count is fixed, so Ray
+    Train's equal split gives every worker the same number of batches.
+
+    Raises:
+        ConfigError: if the split holds no segment of at least ``chunk_size`` frames.
+    """
+    from pipeline.readers import read_token_dataset, row_tokens
+
+    ds = read_token_dataset(shards, split=split)
+    n_long = ds.filter(lambda r: r["num_frames"] >= chunk_size).count()
+    if n_long == 0:
+        raise ConfigError(
+            f"no {split!r} segment in {shards} has chunk_size={chunk_size} frames or more; "
+            "lower chunk_size or tokenize longer videos"
+        )
+    return ds.flat_map(_window_rows, fn_kwargs={"chunk_size": chunk_size, "read_tokens": row_tokens})
+
+
+def data_info(shards: str) -> dict[str, Any]:
+    """Codebook size, token grid and tokenizer of a shard directory (from its manifest)."""
+    from pipeline.readers import read_manifest
+
+    manifest = read_manifest(shards)
+    tok = manifest["tokenizer"]
+    return {
+        "codebook_size": int(tok["codebook_size"]),
+        "latent_size": int(tok["latent_size"]),
+        "tokenizer_id": str(tok["tokenizer_id"]),
+        "tokenizer_dir": str(tok.get("directory") or ""),
+        "shards": str(shards),
+    }
+
+
+# ------------------------------------------------------------------------------ worker loop
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _memory_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(device))
+    import psutil
+
+    return float(psutil.Process().memory_info().rss)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs: resume, then Algorithm 1 steps until ``loop.max_steps``.
+
+    ``config`` is the resolved training config plus ``_data`` (see :func:`data_info`),
+    ``_mlflow`` (tracking URI and run id) and ``_fail_marker`` (fault-injection bookkeeping).
+    """
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    from experiments import tracking
+    from experiments.checkpoint import load_checkpoint, save_checkpoint
+    from maskflow.models import build_backbone
+    from maskflow.training import EMA, MaskFlowObjective, ObjectiveConfig, build_lr_schedule, build_optimizer
+
+    cfg = OmegaConf.create({k: v for k, v in config.items() if not k.startswith("_")})
+    data, mlf = config["_data"], config["_mlflow"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(int(cfg.seed))
+
+    model = build_backbone(
+        cfg.model.size,
+        codebook_size=data["codebook_size"],
+        latent_size=data["latent_size"],
+        time_conditioning=cfg.model.time_conditioning,
+        activation_checkpointing=bool(cfg.model.activation_checkpointing),
+    )
+    backbone_config = _backbone_kwargs(model)
+    ema = EMA(model, decay=float(cfg.optim.ema_decay))
+    model = ray.train.torch.prepare_model(model)
+    if cfg.optim.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(
+        _unwrap(model), lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay)
+    )
+    lr_schedule = build_lr_schedule(optimizer, warmup_steps=int(cfg.optim.warmup_steps))
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optim.precision)
+    use_amp = device.type == "cuda" and amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    objective = MaskFlowObjective(
+        ObjectiveConfig(
+            scheduler=cfg.method.scheduler,
+            masking=cfg.method.masking,
+            max_context_frames=int(cfg.method.max_context_frames),
+            loss_weighting=cfg.method.loss_weighting,
+            snr_clip=float(cfg.method.snr_clip),
+            cum_snr_decay=float(cfg.method.cum_snr_decay),
+        )
+    )
+
+    step, epoch = 0, 0
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state = load_checkpoint(d)
+        _unwrap(model).load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, epoch = int(state["step"]), int(state["epoch"])
+        log.info("rank %d resumed from step %d", rank, step)
+    elif cfg.init_checkpoint:
+        state = load_checkpoint(cfg.init_checkpoint)
+        _unwrap(model).load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        log.info("rank %d warm-started from %s", rank, cfg.init_checkpoint)
+
+    client = None
+    if rank == 0:
+        client = tracking.get_client(mlf["tracking_uri"])
+        if cfg.mlflow.system_metrics:
+            _start_system_metrics(mlf)
+
+    max_steps = int(cfg.loop.max_steps)
+    accum = int(cfg.optim.grad_accum_steps)
+    bs = int(cfg.loop.batch_size_per_worker)
+    shard = ray.train.get_dataset_shard("train")
+    t_log, tokens_since, window = time.perf_counter(), 0, []
+
+    def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
+        if not with_checkpoint:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(
+                    tmp,
+                    {
+                        "model": _unwrap(model).state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "lr_schedule": lr_schedule.state_dict(),
+                        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                        "step": step,
+                        "epoch": epoch,
+                        "config": to_container(cfg),
+                        "backbone_config": backbone_config,
+                        "data": data,
+                        "mlflow_run_id": mlf["run_id"],
+                    },
+                )
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    model.train()
+    while step < max_steps:
+        micro, batches = 0, 0
+        for batch in shard.iter_torch_batches(batch_size=bs, drop_last=True, dtypes=torch.long, device=device):
+            x1 = batch["tokens"]
+            batches += 1
+            _maybe_fail(config, step, rank)
+            gen = torch.Generator(device=device).manual_seed(_step_seed(int(cfg.seed), rank, step, micro))
+            sync = micro == accum - 1 or not hasattr(model, "no_sync")
+            ctx_sync = model.no_sync() if not sync else _nullcontext()
+            with ctx_sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+                out = objective(model, x1, generator=gen)
+                scaler.scale(out.loss / accum).backward()
+            window.append((float(out.loss), float(out.accuracy)))
+            tokens_since += x1.numel()
+            micro += 1
+            if micro < accum:
+                continue
+            micro = 0
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.optim.grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr_schedule.step()
+            ema.update(_unwrap(model))
+            step += 1
+
+            last = step >= max_steps
+            do_ckpt = step % int(cfg.loop.checkpoint_every) == 0 or last
+            if step % int(cfg.loop.log_every) == 0 or do_ckpt:
+                dt = time.perf_counter() - t_log
+                metrics = {
+                    "loss": float(np.mean([w[0] for w in window])),
+                    "masked_accuracy": float(np.mean([w[1] for w in window])),
+                    "lr": float(optimizer.param_groups[0]["lr"]),
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tokens_since * world / max(dt, 1e-9),
+                    "memory_bytes": _memory_bytes(device),
+                    "epoch": epoch,
+                    "step": step,
+                }
+                if client is not None:
+                    tracking.log_metrics(client, mlf["run_id"], metrics, step=step)
+                report(metrics, with_checkpoint=do_ckpt)
+                t_log, tokens_since, window = time.perf_counter(), 0, []
+            if last:
+                break
+        if batches == 0:
+            raise RuntimeError(
+                f"worker {rank} got no full batch of {bs} windows; the dataset has too few windows for "
+                f"{world} workers x batch_size_per_worker={bs} (lower one of them or add videos)"
+            )
+        epoch += 1
+    if rank == 0 and cfg.mlflow.system_metrics:
+        _stop_system_metrics()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + micro) % (2**63 - 1)
+
+
+def _backbone_kwargs(model: torch.nn.Module) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(model.config)
+
+
+def _maybe_fail(config: dict[str, Any], step: int, rank: int) -> None:
+    """Fault injection for tests: the last rank raises once when it reaches ``loop.fail_at_step``."""
+    fail_at = config["loop"].get("fail_at_step")
+    marker = config.get("_fail_marker")
+    if fail_at is None or step != int(fail_at) or marker is None:
+        return
+    import ray.train
+
+    if rank != ray.train.get_context().get_world_size() - 1 or os.path.exists(marker):
+        return
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).write_text(f"failed at step {step}\n")
+    raise RuntimeError(f"injected failure at step {step} on rank {rank} (loop.fail_at_step)")
+
+
+_SYSTEM_METRICS = None
+
+
+def _start_system_metrics(mlf: dict[str, Any]) -> None:
+    global _SYSTEM_METRICS
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        _SYSTEM_METRICS = SystemMetricsMonitor(mlf["run_id"], sampling_interval=10)
+        _SYSTEM_METRICS.start()
+    except Exception as exc:  # system metrics are a nicety; never fail training for them
+        log.warning("system metrics disabled: %s", exc)
+
+
+def _stop_system_metrics() -> None:
+    if _SYSTEM_METRICS is not None:
+        try:
+            _SYSTEM_METRICS.finish()
+        except Exception:  # pragma: no cover
+            pass
+
+
+# ------------------------------------------------------------------------------------ driver
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) one training job; returns a summary dict.
+
+    Returns:
+        ``{"run_name", "checkpoint", "storage_path", "mlflow_run_id", "tracking_uri", "steps",
+        "final_loss", "resumed", "data"}``.
+
+    Raises:
+        ConfigError: a setting that cannot work (before any work starts).
+        RuntimeError: training failed more often than ``run.max_failures``.
+    """
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from experiments import tracking
+
+    validate_config(cfg)
+    if not cfg.shards or not Path(str(cfg.shards)).exists() and "://" not in str(cfg.shards):
+        raise ConfigError(f"shards={cfg.shards!r} does not exist; run experiments.tokenize first")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+
+    data = data_info(str(cfg.shards))
+    run_name = cfg.run_name or time.strftime("maskflow-%Y%m%d-%H%M%S")
+    cfg.run_name = run_name
+    storage = str(cfg.run.storage_path)
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    use_gpu = _use_gpu(cfg)
+
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    client = tracking.get_client(uri)
+    run_id, resumed = tracking.get_or_create_run(
+        client,
+        cfg.mlflow.experiment,
+        run_name,
+        resume_key=("ray_run_name", run_name),
+        tags={"stage": "train", "model_size": str(cfg.model.size)},
+    )
+    tracking.log_params(client, run_id, flatten(cfg))
+    tracking.set_tags(
+        client,
+        run_id,
+        {
+            "checkpoint_location": f"{storage}/{run_name}",
+            "tokenizer_id": data["tokenizer_id"],
+            "codebook_size": data["codebook_size"],
+            "use_gpu": use_gpu,
+        },
+    )
+    log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", uri)
+
+    train_ds = window_dataset(str(cfg.shards), str(cfg.split), int(cfg.chunk_size))
+    loop_config = to_container(cfg)
+    loop_config.update(
+        _data=data,
+        _mlflow={"tracking_uri": uri, "run_id": run_id},
+        _fail_marker=(
+            f"{storage}/{run_name}/.injected_failure" if cfg.loop.fail_at_step is not None and "://" not in storage else None
+        ),
+    )
+    resources = {"CPU": float(cfg.scaling.cpus_per_worker)}
+    if use_gpu:
+        resources["GPU"] = float(cfg.scaling.gpus_per_worker)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=int(cfg.scaling.num_workers), use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=int(cfg.run.num_to_keep)),
+            failure_config=FailureConfig(max_failures=int(cfg.run.max_failures)),
+        ),
+        datasets={"train": train_ds},
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.end_run(client, run_id, status="FAILED")
+        raise
+    if result.error is not None:  # pragma: no cover - fit() raises in V2; kept for safety
+        tracking.end_run(client, run_id, status="FAILED")
+        raise RuntimeError(f"training failed: {result.error}")
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    tracking.set_tags(client, run_id, {"checkpoint": checkpoint})
+    tracking.end_run(client, run_id)
+    losses = tracking.metric_history(client, run_id, "loss")
+    summary = {
+        "run_name": run_name,
+        "checkpoint": checkpoint,
+        "storage_path": storage,
+        "mlflow_run_id": run_id,
+        "tracking_uri": uri,
+        "steps": int(result.metrics.get("step", 0)) if result.metrics else 0,
+        "final_loss": losses[-1] if losses else math.nan,
+        "first_loss": losses[0] if losses else math.nan,
+        "resumed": resumed,
+        "data": data,
+    }
+    log.info(
+        "trained %s: %d steps, loss %.3f -> %.3f, checkpoint %s",
+        run_name, summary["steps"], summary["first_loss"], summary["final_loss"], checkpoint,
+    )
+    return summary
+
+
+if __name__ == "__main__":  # pragma: no cover - CLI
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    out = main(load_config("train"))
+    print({k: v for k, v in out.items() if k != "data"})
