@@ -137,7 +137,7 @@ def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log numeric metrics (non-numeric and NaN values are skipped) in one batch."""
+    """Log numeric metrics in one batch; non-numeric and non-finite values (NaN, ±inf) are skipped."""
     import math
     import time
 
@@ -150,7 +150,7 @@ def log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int | N
             v = float(value)
         except (TypeError, ValueError):
             continue
-        if math.isnan(v):
+        if not math.isfinite(v):
             continue
         batch.append(Metric(key, v, ts, int(step or 0)))
     if batch:

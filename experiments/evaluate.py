@@ -1,0 +1,177 @@
+"""Evaluate one sampler setting of a checkpoint with the paper's protocol (section 4.1).
+
+    python -m experiments.evaluate checkpoint=DIR sampler=mgm extrapolation=5 num_videos=64 \\
+        fvd.weights=/models/i3d_pretrained_400.pt
+
+N held-out videos (the shards' ``eval`` split, seeded windows), ``m`` real context frames from a random
+position of each, ``L = extrapolation × chunk_size`` generated frames, compared with the real
+``L``-frame windows (as VQ reconstructions, like the authors). Logs to one MLflow run: the settings,
+NFE (counted) and the A.2 formula's value, wall time, frames/s, FVD with its N and feature network
+(when weights are configured), per-frame PSNR/SSIM of the continuation, a temporal-consistency
+ratio, and a grid of ``[real | generated]`` sample videos.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from experiments.config import ConfigError, flatten, load_config, to_container
+
+log = logging.getLogger("experiments.evaluate")
+
+__all__ = ["main"]
+
+
+def _real_stats_key(shards: str, tokenizer_id: str, resolution: int, num_frames: int, network: str, clips) -> str:
+    import hashlib
+
+    ids = hashlib.sha1("|".join(f"{c.video_id}:{c.segment}:{c.frame_start}" for c in clips).encode()).hexdigest()[:10]
+    name = Path(shards.rstrip("/")).name
+    tok = tokenizer_id.replace(":", "-")  # real clips are VQ reconstructions: the tokenizer is part of the key
+    return f"{name}-{tok}-{resolution}px-{num_frames}f-{network.replace(':', '-')}-n{len(clips)}-{ids}"
+
+
+def main(
+    cfg: DictConfig,
+    *,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+    fail: bool = False,
+) -> dict[str, Any]:
+    """Run the protocol for one setting; returns its metrics (also logged to MLflow).
+
+    Args:
+        cfg: an ``evaluate`` config (see ``experiments/configs/evaluate.yaml``).
+        parent_run_id: nest the MLflow run under this run (a sweep).
+        run_name: MLflow run name (default: derived from the settings).
+        extra_tags: more MLflow tags (e.g. the sweep's trial index).
+        fail: testing aid, raise after the run is opened (the run is marked FAILED).
+
+    Raises:
+        ConfigError: a missing checkpoint, a codebook mismatch, or a sampler setting out of range.
+    """
+    from experiments import tracking
+    from experiments.checkpoint import load_backbone
+    from experiments.sample import generate_videos, pick_device, sampler_config
+    from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
+    from maskflow.metrics import build_feature_extractor, compute_fvd, video_quality_metrics
+    from maskflow.sampling import expected_nfe
+    from maskflow.tokenizers import load_tokenizer
+    from pipeline.readers import load_eval_clips, read_manifest
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint= is required")
+    device = pick_device(str(cfg.device))
+    model, state = load_backbone(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=device)
+    train_cfg, data = state["config"], state["data"]
+    k = int(train_cfg["chunk_size"])
+    shards = str(cfg.shards or data["shards"])
+    manifest = read_manifest(shards)
+    if int(manifest["tokenizer"]["codebook_size"]) != model.codebook_size:
+        raise ConfigError(
+            f"checkpoint codebook_size={model.codebook_size} differs from the shards' "
+            f"{manifest['tokenizer']['codebook_size']} ({shards})"
+        )
+    tokenizer = load_tokenizer(manifest["tokenizer"]["directory"])
+    num_frames = int(cfg.extrapolation) * k
+    scfg = sampler_config(cfg, k, train_cfg["method"]["scheduler"])
+    scfg.validate(num_frames)
+    m = scfg.n_context_frames
+
+    uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
+    client = tracking.get_client(uri)
+    name = run_name or f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}"
+    run_id, _ = tracking.get_or_create_run(
+        client, cfg.mlflow.experiment, name,
+        tags={"stage": "evaluate", "checkpoint": str(cfg.checkpoint), **(extra_tags or {})},
+        parent_run_id=parent_run_id,
+    )
+    try:
+        tracking.log_params(client, run_id, {**flatten(to_container(cfg)), "chunk_size": k})
+        if fail:
+            raise RuntimeError("injected trial failure (sweep fail_trial)")
+        clips = load_eval_clips(shards, num_frames=num_frames, num_clips=int(cfg.num_videos), seed=int(cfg.seed),
+                                split=str(cfg.split))
+        if not clips:
+            raise ConfigError(
+                f"no {cfg.split!r} segment in {shards} has L = {num_frames} frames "
+                f"(extrapolation={cfg.extrapolation} x chunk_size={k}); lower extrapolation or add longer videos"
+            )
+        real_tokens = torch.stack([c.tokens for c in clips]).long()  # [N, L, h, w]
+        fakes, nfe, t0 = [], 0, time.perf_counter()
+        bs = max(1, int(cfg.batch_size))
+        for i in range(0, len(clips), bs):
+            ctx = real_tokens[i : i + bs, :m]
+            result, frames = generate_videos(model, tokenizer, ctx, num_frames, scfg, seed=int(cfg.seed) + i,
+                                             progress=False)
+            fakes.append(frames)
+            nfe += int(result.nfe)
+        wall = time.perf_counter() - t0
+        fake = torch.cat(fakes)  # [N, L, H, W, 3] uint8
+        real = tokenizer.decode(real_tokens.flatten(0, 1)).reshape(fake.shape)
+        n = len(clips)
+        metrics: dict[str, Any] = {
+            "nfe": nfe / max(1, (len(clips) + bs - 1) // bs),  # per video batch = per video (batched passes)
+            "expected_nfe": float(expected_nfe(scfg, num_frames)),
+            "wall_time_s": wall,
+            "wall_time_per_video_s": wall / n,
+            "frames_per_s": n * (num_frames - m) / max(wall, 1e-9),
+            "num_videos": n,
+            "num_frames": num_frames,
+            "stride_effective": float(scfg.stride if scfg.stride is not None else k - m),
+        }
+        metrics.update(video_quality_metrics(real, fake, n_context_frames=m))
+        extractor = build_feature_extractor(cfg.fvd.feature_network if cfg.fvd.weights else None, cfg.fvd.weights,
+                                            device=device)
+        if extractor is not None:
+            from maskflow.metrics import RealStatsCache
+
+            cache = RealStatsCache(cfg.fvd.cache_dir)
+            key = _real_stats_key(shards, tokenizer.tokenizer_id, real.shape[2], num_frames, extractor.name, clips)
+            fvd = compute_fvd(real, fake, extractor, real_stats=cache.get_or_compute(key, lambda: extractor.stats(real)))
+            metrics.update(fvd=fvd.fvd, fvd_num_videos=fvd.num_fake)
+            tracking.set_tags(client, run_id, {"fvd_feature_network": fvd.feature_network})
+        else:
+            tracking.set_tags(client, run_id, {"fvd_feature_network": "none (no weights configured: fvd.weights)"})
+            log.info("no FVD feature network configured (fvd.weights=null): reporting PSNR/SSIM/temporal metrics only")
+
+        out = Path(str(cfg.out_dir))
+        out.mkdir(parents=True, exist_ok=True)
+        shown = min(n, int(cfg.num_logged_videos))
+        scale = max(1, 128 // fake.shape[2])
+        rows = [side_by_side(mark_context(real[i].numpy(), m), mark_context(fake[i].numpy(), m)) for i in range(shown)]
+        grid = upscale(np.concatenate(rows, axis=1), scale)
+        gif = write_gif(grid, out / f"{name}_grid.gif", fps=float(cfg.fps))
+        mp4 = write_mp4(grid, out / f"{name}_grid.mp4", fps=float(cfg.fps))
+        tracking.log_metrics(client, run_id, {k2: v for k2, v in metrics.items() if isinstance(v, (int, float))})
+        for key2, values in metrics.items():  # per-frame curves: step = frame index in the video
+            if isinstance(values, (list, tuple)):
+                for f, v in enumerate(values):
+                    tracking.log_metrics(client, run_id, {key2: v}, step=f)
+        tracking.log_artifact(client, run_id, gif, artifact_path="videos")
+        tracking.log_artifact(client, run_id, mp4, artifact_path="videos")
+        (out / f"{name}_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        tracking.end_run(client, run_id)
+    except BaseException as exc:
+        tracking.set_tags(client, run_id, {"error": f"{type(exc).__name__}: {exc}"[:4000]})
+        tracking.end_run(client, run_id, status="FAILED")
+        raise
+    metrics.update(mlflow_run_id=run_id, grid_gif=str(gif))
+    log.info("%s: N=%d, NFE %.0f, %.1f s%s", name, n, metrics["nfe"], wall,
+             f", FVD {metrics['fvd']:.2f}" if "fvd" in metrics else "")
+    return metrics
+
+
+if __name__ == "__main__":  # pragma: no cover - CLI
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    res = main(load_config("evaluate"))
+    print(json.dumps({k: v for k, v in res.items()}, indent=2, default=str))

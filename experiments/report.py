@@ -1,0 +1,187 @@
+"""Paper-style tables from a sweep's MLflow runs: Tables 1, 2, 3 and S6, and quality against NFE.
+
+    python -m experiments.report parent_run_id=RUN_ID            # the sweep's parent run
+    python -m experiments.report experiment=maskflow-sweep        # every evaluation run of an experiment
+
+Reads the runs back with ``mlflow.search_runs`` and writes ``report.md`` (Markdown tables) and
+``quality_vs_nfe.png`` into ``out_dir``, and logs both as artifacts of the parent run when given.
+Quality is FVD (lower is better) where the runs have it, else mean PSNR of the continuation (higher
+is better); every FVD is shown with its sample count N.
+
+- Table 1 layout: sampler × extrapolation → total NFE, quality (full-sequence stride ``s = k − m``).
+- Table 2 layout: extrapolation × stride → total NFE, quality (MGM).
+- Table 3 layout: extrapolation × guidance ω → quality.
+- Table S6 layout: sampler × extrapolation → NFE, sampling wall time (s), quality.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from experiments.config import load_config
+
+log = logging.getLogger("experiments.report")
+
+__all__ = ["main", "load_runs", "render_markdown", "plot_quality_vs_nfe"]
+
+
+def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experiment: str | None = None) -> pd.DataFrame:
+    """Finished evaluation runs as a DataFrame with columns ``sampler, extrapolation, stride, guidance_scale,
+    sampling_steps, time_conditioning, nfe, wall_time_s, fvd, fvd_num_videos, psnr, ssim, status, run_id``.
+
+    Raises:
+        ValueError: if neither a parent run nor an experiment is given, or the experiment is unknown.
+    """
+    import mlflow
+
+    from experiments import tracking
+
+    client = tracking.get_client(tracking_uri)
+    if parent_run_id:
+        exp_ids = [client.get_run(parent_run_id).info.experiment_id]
+        filt = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    elif experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise ValueError(f"no MLflow experiment named {experiment!r}")
+        exp_ids, filt = [exp.experiment_id], "tags.stage = 'evaluate'"
+    else:
+        raise ValueError("give parent_run_id= or experiment=")
+    df = mlflow.search_runs(experiment_ids=exp_ids, filter_string=filt, max_results=50000)
+    if df.empty:
+        return df
+    out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
+    for col in ("sampler", "time_conditioning"):
+        out[col] = df.get(f"params.{col}")
+    for col in ("extrapolation", "guidance_scale", "sampling_steps"):
+        out[col] = pd.to_numeric(df.get(f"params.{col}"), errors="coerce")
+    for col in ("nfe", "expected_nfe", "wall_time_s", "fvd", "fvd_num_videos", "psnr", "ssim", "stride_effective",
+                "num_videos"):
+        key = f"metrics.{col}"
+        out[col] = pd.to_numeric(df[key], errors="coerce") if key in df else float("nan")
+    out["stride"] = out["stride_effective"]
+    return out
+
+
+def _quality(df: pd.DataFrame) -> tuple[str, str]:
+    if "fvd" in df and df["fvd"].notna().any():
+        return "fvd", "FVD ↓"
+    return "psnr", "PSNR (dB) ↑"
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and pd.isna(v)):
+        return "–"
+    if isinstance(v, float) and v.is_integer():
+        return f"{int(v):,}"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _table(df: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title in cols) + " |"
+    sep = "| " + " | ".join("---" for _ in cols) + " |"
+    rows = ["| " + " | ".join(_fmt(r[c]) for c, _ in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join([head, sep, *rows]) if rows else "_no runs for this table_"
+
+
+def _agg(df: pd.DataFrame, keys: list[str], q: str) -> pd.DataFrame:
+    if df.empty:
+        return df
+    g = df.groupby(keys, dropna=False)
+    out = g.agg(nfe=("nfe", "mean"), wall_time_s=("wall_time_s", "mean"), quality=(q, "mean"),
+                n=("num_videos", "max"), seeds=("run_id", "count")).reset_index()
+    return out.sort_values(keys)
+
+
+def render_markdown(df: pd.DataFrame) -> str:
+    """The four tables as Markdown (mean over seeds where a setting was run more than once)."""
+    ok = df[df["status"] == "FINISHED"] if not df.empty else df
+    failed = 0 if df.empty else int((df["status"] != "FINISHED").sum())
+    q, qtitle = _quality(ok) if not ok.empty else ("psnr", "PSNR (dB) ↑")
+    if not ok.empty:
+        ok = ok.assign(guidance_scale=ok["guidance_scale"].fillna(0.0))
+    full = ok if ok.empty else ok[ok["stride"] == ok.groupby("sampler")["stride"].transform("max")]
+    parts = ["# MaskFlow sweep report", "",
+             f"{len(ok)} finished evaluation runs" + (f", {failed} failed" if failed else "") +
+             f". Quality: {qtitle}; N = videos per setting.", ""]
+    t1 = _agg(full[full["guidance_scale"] == 0] if not full.empty else full, ["sampler", "extrapolation"], q)
+    parts += ["## Table 1 layout — samplers across extrapolation (full sequence, s = k − m)", "",
+              _table(t1, [("sampler", "Sampling mode"), ("extrapolation", "Extrapolation ×"), ("nfe", "Total NFE"),
+                          ("quality", qtitle), ("n", "N")]), ""]
+    mgm = ok[ok["sampler"] == "mgm"] if not ok.empty else ok
+    t2 = _agg(mgm[mgm["guidance_scale"] == 0] if not mgm.empty else mgm, ["extrapolation", "stride"], q)
+    parts += ["## Table 2 layout — sampling stride (MGM)", "",
+              _table(t2, [("extrapolation", "Extrapolation ×"), ("stride", "Stride s"), ("nfe", "Total NFE"),
+                          ("quality", qtitle), ("n", "N")]), ""]
+    t3 = _agg(full[full["sampler"] == "mgm"] if not full.empty else full, ["extrapolation", "guidance_scale"], q)
+    parts += ["## Table 3 layout — partial context guidance ω (MGM, s = k − m)", "",
+              _table(t3, [("extrapolation", "Extrapolation ×"), ("guidance_scale", "Guidance ω"), ("nfe", "Total NFE"),
+                          ("quality", qtitle), ("n", "N")]), ""]
+    t6 = _agg(ok, ["sampler", "extrapolation", "stride"], q)
+    parts += ["## Table S6 layout — NFE, wall time and quality", "",
+              _table(t6, [("sampler", "Sampling mode"), ("extrapolation", "Extrapolation ×"), ("stride", "Stride s"),
+                          ("nfe", "Total NFE"), ("wall_time_s", "Time (s)"), ("quality", qtitle), ("n", "N")]), ""]
+    return "\n".join(parts)
+
+
+def plot_quality_vs_nfe(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Scatter/line plot of quality against total NFE, one series per sampler; ``None`` without runs."""
+    ok = df[df["status"] == "FINISHED"] if not df.empty else df
+    if ok.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    q, qtitle = _quality(ok)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for sampler, g in ok.groupby("sampler"):
+        g = g.groupby("nfe", as_index=False)[q].mean().sort_values("nfe")
+        ax.plot(g["nfe"], g[q], marker="o", label=str(sampler))
+    ax.set_xscale("log")
+    ax.set_xlabel("total NFE per video (log)")
+    ax.set_ylabel(qtitle)
+    ax.set_title("quality against NFE")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Render the report; returns ``{"markdown": path, "plot": path|None, "num_runs": int}``."""
+    from experiments import tracking
+
+    uri = tracking.resolve_tracking_uri(cfg.get("mlflow", {}).get("tracking_uri"))
+    parent = cfg.get("parent_run_id")
+    df = load_runs(uri, parent_run_id=parent, experiment=cfg.get("experiment"))
+    out = Path(str(cfg.get("out_dir") or "outputs/report"))
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "report.md"
+    md.write_text(render_markdown(df))
+    plot = plot_quality_vs_nfe(df, out / "quality_vs_nfe.png")
+    if parent:
+        client = tracking.get_client(uri)
+        tracking.log_artifact(client, parent, md, artifact_path="report")
+        if plot is not None:
+            tracking.log_artifact(client, parent, plot, artifact_path="report")
+    log.info("report of %d runs: %s", len(df), md)
+    return {"markdown": str(md), "plot": str(plot) if plot else None, "num_runs": int(len(df))}
+
+
+if __name__ == "__main__":  # pragma: no cover - CLI
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    res = main(load_config("report"))
+    print(Path(res["markdown"]).read_text())
