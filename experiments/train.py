@@ -54,8 +54,11 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("batch_size_per_worker", "max_steps", "log_every", "checkpoint_every"):
         if int(cfg.loop[key]) < 1:
             raise ConfigError(f"loop.{key} must be >= 1, got {cfg.loop[key]}")
-    if int(cfg.optim.grad_accum_steps) < 1:
-        raise ConfigError(f"optim.grad_accum_steps must be >= 1, got {cfg.optim.grad_accum_steps}")
+    if int(cfg.optim.grad_accum_steps) < 1 or int(cfg.loop.batch_size_per_worker) % int(cfg.optim.grad_accum_steps):
+        raise ConfigError(
+            f"optim.grad_accum_steps must be >= 1 and divide loop.batch_size_per_worker="
+            f"{cfg.loop.batch_size_per_worker}, got {cfg.optim.grad_accum_steps}"
+        )
     if int(cfg.scaling.num_workers) < 1:
         raise ConfigError(f"scaling.num_workers must be >= 1, got {cfg.scaling.num_workers}")
     if cfg.optim.precision not in ("bf16", "fp16", "fp32"):
@@ -150,7 +153,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from experiments import tracking
     from experiments.checkpoint import load_checkpoint, save_checkpoint
     from maskflow.models import build_backbone
-    from maskflow.training import EMA, MaskFlowObjective, ObjectiveConfig, build_lr_schedule, build_optimizer
+    from maskflow.training import (
+        EMA,
+        MaskFlowObjective,
+        ObjectiveConfig,
+        OptimConfig,
+        build_grad_scaler,
+        build_lr_schedule,
+        build_optimizer,
+        train_step,
+    )
 
     cfg = OmegaConf.create({k: v for k, v in config.items() if not k.startswith("_")})
     data, mlf = config["_data"], config["_mlflow"]
@@ -167,17 +179,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         activation_checkpointing=bool(cfg.model.activation_checkpointing),
     )
     backbone_config = _backbone_kwargs(model)
-    ema = EMA(model, decay=float(cfg.optim.ema_decay))
-    model = ray.train.torch.prepare_model(model)
-    if cfg.optim.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(
-        _unwrap(model), lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay)
+    optim_cfg = OptimConfig(
+        lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), weight_decay=float(cfg.optim.weight_decay),
+        grad_clip=float(cfg.optim.grad_clip), warmup_steps=int(cfg.optim.warmup_steps),
+        ema_decay=float(cfg.optim.ema_decay), grad_accum_steps=int(cfg.optim.grad_accum_steps),
+        precision=str(cfg.optim.precision), compile=bool(cfg.optim.compile),
     )
-    lr_schedule = build_lr_schedule(optimizer, warmup_steps=int(cfg.optim.warmup_steps))
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.optim.precision)
-    use_amp = device.type == "cuda" and amp_dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    ema = EMA(model, decay=optim_cfg.ema_decay, warmup=bool(cfg.optim.ema_warmup))
+    model = ray.train.torch.prepare_model(model)
+    if optim_cfg.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(_unwrap(model), lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay)
+    lr_schedule = build_lr_schedule(optimizer, warmup_steps=optim_cfg.warmup_steps)
+    scaler = build_grad_scaler(optim_cfg, device)
     objective = MaskFlowObjective(
         ObjectiveConfig(
             scheduler=cfg.method.scheduler,
@@ -215,7 +229,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _start_system_metrics(mlf)
 
     max_steps = int(cfg.loop.max_steps)
-    accum = int(cfg.optim.grad_accum_steps)
     bs = int(cfg.loop.batch_size_per_worker)
     shard = ray.train.get_dataset_shard("train")
     t_log, tokens_since, window = time.perf_counter(), 0, []
@@ -248,30 +261,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model.train()
     while step < max_steps:
-        micro, batches = 0, 0
+        batches = 0
         for batch in shard.iter_torch_batches(batch_size=bs, drop_last=True, dtypes=torch.long, device=device):
-            x1 = batch["tokens"]
             batches += 1
             _maybe_fail(config, step, rank)
-            gen = torch.Generator(device=device).manual_seed(_step_seed(int(cfg.seed), rank, step, micro))
-            sync = micro == accum - 1 or not hasattr(model, "no_sync")
-            ctx_sync = model.no_sync() if not sync else _nullcontext()
-            with ctx_sync, torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-                out = objective(model, x1, generator=gen)
-                scaler.scale(out.loss / accum).backward()
-            window.append((float(out.loss), float(out.accuracy)))
-            tokens_since += x1.numel()
-            micro += 1
-            if micro < accum:
-                continue
-            micro = 0
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.optim.grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr_schedule.step()
-            ema.update(_unwrap(model))
+            gen = torch.Generator(device=device).manual_seed(_step_seed(int(cfg.seed), rank, step))
+            res = train_step(
+                model, objective, batch["tokens"], optimizer, scaler, ema, optim_cfg, step,
+                lr_schedule=lr_schedule, generator=gen,
+            )
+            window.append((res.loss, res.accuracy))
+            tokens_since += res.num_tokens
             step += 1
 
             last = step >= max_steps
@@ -281,8 +281,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics = {
                     "loss": float(np.mean([w[0] for w in window])),
                     "masked_accuracy": float(np.mean([w[1] for w in window])),
-                    "lr": float(optimizer.param_groups[0]["lr"]),
-                    "grad_norm": float(grad_norm),
+                    "lr": res.lr,
+                    "grad_norm": res.grad_norm,
                     "tokens_per_s": tokens_since * world / max(dt, 1e-9),
                     "memory_bytes": _memory_bytes(device),
                     "epoch": epoch,
@@ -304,16 +304,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _stop_system_metrics()
 
 
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _step_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729 + micro) % (2**63 - 1)
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
 
 
 def _backbone_kwargs(model: torch.nn.Module) -> dict[str, Any]:
