@@ -1,0 +1,413 @@
+r"""The frame-masked backbone: a Latte-style video transformer over VQ token grids.
+
+One file, in the order of the forward pass (DiT's layout):
+
+1. embedding layers — code embedding, 2×2 patch embedding, per-frame time embedding;
+2. the core block — adaLN-Zero, attention either within a frame (spatial) or across frames (temporal);
+3. the final layer — adaLN + linear to ``p²·K`` logits per patch;
+4. the model — :class:`MaskFlowTransformer`;
+5. fixed sin-cos position embeddings;
+6. size presets — :data:`MODEL_SIZES` and :func:`build_backbone`.
+
+Shapes: ``B`` batch, ``T`` frames, ``h = w`` token grid (``latent_size``), ``p`` patch size,
+``N = (h/p)·(w/p)`` patches per frame, ``D`` hidden size, ``K`` codebook size (mask token id ``K``).
+
+The network is :math:`p(\mathbf{x}_1 \mid \mathbf{x}_t, \mathbf{t}; \theta)` of Algorithm 1: it reads
+partially masked tokens and one level ``t_f`` per frame, and returns logits over the ``K`` codes for
+every position. Each frame's time embedding modulates only that frame's tokens (adaLN), so frames at
+different masking levels — clean context next to fully masked frames — share one forward pass
+(section 3.3). Sources: the paper section 3.3, 4.2 and appendix A.3; the Latte (Ma et al. 2024) and
+DiT (Peebles & Xie 2023) architectures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "BackboneConfig",
+    "MaskFlowTransformer",
+    "MODEL_SIZES",
+    "build_backbone",
+    "count_parameters",
+]
+
+TIME_CONDITIONING = ("dependent", "independent")
+
+
+@dataclass
+class BackboneConfig:
+    """Everything that defines a backbone; ``BackboneConfig(**dataclasses.asdict(cfg))`` round-trips.
+
+    Attributes:
+        codebook_size: ``K``, VQ vocabulary size; input vocabulary ``K + 1`` (mask id ``K``), ``K`` outputs.
+        latent_size: ``h = w``, side of the token grid of one frame (32 for SD-VQGAN f8 at 256 px).
+        patch_size: ``p``, side of the square token patch turned into one transformer token.
+        hidden_size: ``D``, transformer width.
+        depth: number of blocks; they alternate spatial, temporal, spatial, … (Latte variant 1).
+        num_heads: attention heads; must divide ``hidden_size``.
+        mlp_ratio: MLP hidden width as a multiple of ``hidden_size``.
+        time_conditioning: ``'dependent'`` uses the per-frame ``t``; ``'independent'`` feeds ``t = 0``
+            always, a model that never sees ``t`` (eq. 8).
+        activation_checkpointing: recompute each block in the backward pass (less memory, ~30 % slower).
+
+    Raises:
+        ValueError: naming the setting and its allowed range, for sizes that cannot build a model.
+    """
+
+    codebook_size: int
+    latent_size: int
+    patch_size: int = 2
+    hidden_size: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    time_conditioning: str = "dependent"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        positive = ("codebook_size", "latent_size", "patch_size", "hidden_size", "depth", "num_heads")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"BackboneConfig.{name} must be an integer >= 1, got {getattr(self, name)}")
+        if self.latent_size % self.patch_size:
+            raise ValueError(
+                f"BackboneConfig.latent_size={self.latent_size} must be a multiple of patch_size={self.patch_size}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"BackboneConfig.hidden_size={self.hidden_size} must be a multiple of num_heads={self.num_heads}"
+            )
+        if self.hidden_size % 4:
+            raise ValueError(
+                f"BackboneConfig.hidden_size must be a multiple of 4 (2-D sin-cos embedding), got {self.hidden_size}"
+            )
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"BackboneConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.time_conditioning not in TIME_CONDITIONING:
+            raise ValueError(
+                f"BackboneConfig.time_conditioning must be one of {TIME_CONDITIONING}, got {self.time_conditioning!r}"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of a frame, ``h / p``."""
+        return self.latent_size // self.patch_size
+
+
+# ================================================================================ embedding layers
+class TokenPatchEmbed(nn.Module):
+    """Codes ``[B, T, h, w]`` → patch tokens ``[B, T, N, D]``.
+
+    Each code (mask included) gets a learned ``D/2`` vector; the ``p×p`` vectors of a patch are
+    concatenated and projected linearly to ``D`` — the discrete analogue of DiT's conv patch embed.
+    """
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.p = cfg.patch_size
+        self.codes = nn.Embedding(cfg.codebook_size + 1, cfg.hidden_size // 2)
+        self.proj = nn.Linear(cfg.patch_size**2 * (cfg.hidden_size // 2), cfg.hidden_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.codes(tokens)  # (B, T, h, w, D/2)
+        x = rearrange(x, "b t (gh p1) (gw p2) c -> b t (gh gw) (p1 p2 c)", p1=self.p, p2=self.p)
+        return self.proj(x)  # (B, T, N, D)
+
+
+class TimestepEmbedder(nn.Module):
+    r"""Per-frame level ``t`` ``[B, T]`` in [0, 1] → conditioning vectors ``[B, T, D]``.
+
+    A sinusoidal embedding of ``1000·t`` (DiT's frequency range, so a level step of 1e-3 is resolved)
+    followed by a two-layer MLP. Each frame is embedded on its own: nothing mixes frames here.
+    """
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256) -> None:
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    @staticmethod
+    def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+        """``t`` float ``[...]`` → ``[..., dim]`` (cos half, then sin half)."""
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (1000.0 * t.float())[..., None] * freqs  # (..., half)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = self.sinusoid(t, self.frequency_size).to(self.mlp[0].weight.dtype)
+        return self.mlp(emb)  # (B, T, D)
+
+
+# ================================================================================ core block
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x [B, T, N, D]`` with per-frame ``shift, scale [B, T, D]``."""
+    return x * (1 + scale[:, :, None]) + shift[:, :, None]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the second-to-last axis of ``[S, L, D]`` via SDPA."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "s l (three h d) -> three s h l d", three=3, h=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v)  # (S, H, L, Dh)
+        return self.proj(rearrange(out, "s h l d -> s l (h d)"))
+
+
+class Mlp(nn.Module):
+    """Two-layer MLP with tanh-GELU (DiT)."""
+
+    def __init__(self, hidden_size: int, mlp_ratio: float) -> None:
+        super().__init__()
+        inner = int(hidden_size * mlp_ratio)
+        self.fc1 = nn.Linear(hidden_size, inner)
+        self.fc2 = nn.Linear(inner, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class MaskFlowBlock(nn.Module):
+    """adaLN-Zero transformer block whose attention runs within a frame or across frames.
+
+    ``axis='spatial'``: each frame's ``N`` patches attend to each other — ``b t n d -> (b t) n d``.
+    ``axis='temporal'``: each patch position attends across the ``T`` frames — ``b t n d -> (b n) t d``.
+    The six modulation vectors come from the frame's own time embedding ``c [B, T, D]``, so a frame's
+    shift/scale/gate depend only on its ``t_f``.
+    """
+
+    def __init__(self, cfg: BackboneConfig, axis: str) -> None:
+        super().__init__()
+        if axis not in ("spatial", "temporal"):
+            raise ValueError(f"block axis must be 'spatial' or 'temporal', got {axis!r}")
+        self.axis = axis
+        d = cfg.hidden_size
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(d, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(d, cfg.mlp_ratio)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+
+    def _attend(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        if self.axis == "spatial":
+            out = self.attn(rearrange(x, "b t n d -> (b t) n d"))
+            return rearrange(out, "(b t) n d -> b t n d", b=b)
+        out = self.attn(rearrange(x, "b t n d -> (b n) t d"))
+        return rearrange(out, "(b n) t d -> b t n d", b=b)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)  # (B, T, D) each
+        x = x + gate_a[:, :, None] * self._attend(modulate(self.norm1(x), shift_a, scale_a))  # (B, T, N, D)
+        x = x + gate_m[:, :, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return x
+
+
+# ================================================================================ final layer
+class FinalLayer(nn.Module):
+    """adaLN + linear: ``[B, T, N, D]`` → per-patch logits ``[B, T, N, p²·K]``."""
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(d, cfg.patch_size**2 * cfg.codebook_size)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (B, T, D) each
+        return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, N, p²K)
+
+
+# ================================================================================ the model
+class MaskFlowTransformer(nn.Module):
+    r"""Latte-style backbone :math:`p(\mathbf{x}_1 \mid \mathbf{x}_t, \mathbf{t}; \theta)` (Algorithm 1, eq. 7).
+
+    Args:
+        config: the :class:`BackboneConfig`; kept whole as ``model.config``.
+
+    Every sample of a batch is processed independently (no batch statistics), and the frame count
+    ``T`` may change between calls (the temporal position embedding is computed for any ``T``).
+    """
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.patch_embed = TokenPatchEmbed(config)
+        self.t_embedder = TimestepEmbedder(d)
+        axes = ["spatial" if i % 2 == 0 else "temporal" for i in range(config.depth)]
+        self.blocks = nn.ModuleList([MaskFlowBlock(config, axis) for axis in axes])
+        self.final_layer = FinalLayer(config)
+        # fixed, not learned, and not saved: rebuilt from the config
+        self.register_buffer("spatial_pos", spatial_sincos_embedding(d, config.grid_size), persistent=False)
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def codebook_size(self) -> int:
+        """``K``: number of output classes."""
+        return self.config.codebook_size
+
+    @property
+    def mask_token_id(self) -> int:
+        """Id of the mask token in the input vocabulary: ``K``."""
+        return self.config.codebook_size
+
+    def initialize_weights(self) -> None:
+        """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, adaLN-Zero (zero modulation and head).
+
+        With the zeroed head the untrained model predicts the uniform distribution (loss ``log K``).
+        """
+
+        def _basic(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(_basic)
+        nn.init.normal_(self.patch_embed.codes.weight, std=0.02)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # ------------------------------------------------------------------ forward
+    def _check_inputs(self, tokens: torch.Tensor, t: torch.Tensor) -> None:
+        cfg = self.config
+        if tokens.ndim != 4 or tokens.shape[-2:] != (cfg.latent_size, cfg.latent_size):
+            raise ValueError(
+                f"tokens must have shape [B, T, {cfg.latent_size}, {cfg.latent_size}] (latent_size), "
+                f"got {tuple(tokens.shape)}"
+            )
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be int64 (or int32) code ids, got {tokens.dtype}")
+        if t.shape != tokens.shape[:2]:
+            raise ValueError(f"t must have shape [B, T] = {tuple(tokens.shape[:2])}, got {tuple(t.shape)}")
+        # skipped while compiling (a graph break) and on 'meta' (no values); the embedding still bounds-checks
+        if not torch.compiler.is_compiling() and tokens.device.type != "meta":
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi > self.mask_token_id:
+                raise ValueError(
+                    f"tokens must lie in [0, codebook_size={cfg.codebook_size}] (mask id included), got [{lo}, {hi}]"
+                )
+
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predict clean-token logits.
+
+        Args:
+            tokens: int64 ``[B, T, h, w]`` in ``[0, K]``; ``K`` marks a masked token.
+            t: float ``[B, T]`` in [0, 1], each frame's unmasking level (1 = clean). Ignored (zeros are
+                used) when ``config.time_conditioning == 'independent'`` (eq. 8).
+
+        Returns:
+            Logits ``[B, T, h, w, K]`` in the parameter (or autocast) dtype.
+
+        Raises:
+            ValueError: wrong shapes, dtype or token ids out of ``[0, K]``.
+        """
+        self._check_inputs(tokens, t)
+        cfg = self.config
+        if cfg.time_conditioning == "independent":
+            t = torch.zeros_like(t)
+        num_frames = tokens.shape[1]
+        x = self.patch_embed(tokens.long())  # (B, T, N, D)
+        temporal_pos = temporal_sincos_embedding(cfg.hidden_size, num_frames, device=x.device)  # (T, D)
+        x = x + self.spatial_pos.to(x.dtype)[None, None] + temporal_pos.to(x.dtype)[None, :, None]
+        c = self.t_embedder(t)  # (B, T, D)
+        for block in self.blocks:
+            if cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, use_reentrant=False)
+            else:
+                x = block(x, c)  # (B, T, N, D)
+        x = self.final_layer(x, c)  # (B, T, N, p²K)
+        p, g = cfg.patch_size, cfg.grid_size
+        return rearrange(x, "b t (gh gw) (p1 p2 k) -> b t (gh p1) (gw p2) k", gh=g, gw=g, p1=p, p2=p)
+
+
+# ================================================================================ sin-cos position embeddings
+def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """``positions`` float ``[L]`` → ``[L, dim]`` (sin half, then cos half; MAE/DiT convention)."""
+    omega = 1.0 / 10_000 ** (torch.arange(dim // 2, dtype=torch.float32, device=positions.device) / (dim / 2.0))
+    out = positions.float()[:, None] * omega[None]  # (L, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def spatial_sincos_embedding(dim: int, grid_size: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos embedding of a ``grid_size × grid_size`` patch grid: ``[grid_size², dim]``, row-major."""
+    coords = torch.arange(grid_size, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    emb_rows = _sincos_1d(dim // 2, rearrange(rows, "a b -> (a b)"))
+    emb_cols = _sincos_1d(dim // 2, rearrange(cols, "a b -> (a b)"))
+    return torch.cat([emb_cols, emb_rows], dim=1)  # (N, D)
+
+
+def temporal_sincos_embedding(dim: int, num_frames: int, device: torch.device | None = None) -> torch.Tensor:
+    """Fixed 1-D sin-cos embedding of frame positions ``0 … T-1``: ``[T, dim]``, for any ``T``."""
+    return _sincos_1d(dim, torch.arange(num_frames, device=device))
+
+
+# ================================================================================ sizes
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    # name: (depth, hidden_size, num_heads); patch size 2 throughout
+    "tiny": (2, 64, 4),  # CPU tests and demos
+    "small": (4, 128, 4),  # CPU demos
+    "S/2": (12, 384, 6),
+    "B/2": (12, 768, 12),  # DMLab in the paper
+    "L/2": (24, 1024, 16),
+    "XL/2": (28, 1152, 16),  # FaceForensics in the paper
+}
+
+
+def build_backbone(size: str, *, codebook_size: int, latent_size: int, **overrides) -> MaskFlowTransformer:
+    """Build a backbone from a size preset of :data:`MODEL_SIZES`.
+
+    Args:
+        size: ``'tiny'``, ``'small'``, ``'S/2'``, ``'B/2'``, ``'L/2'`` or ``'XL/2'``.
+        codebook_size: ``K`` of the tokenizer.
+        latent_size: side ``h = w`` of the token grid.
+        **overrides: any other :class:`BackboneConfig` field (e.g. ``time_conditioning='independent'``,
+            ``activation_checkpointing=True``, or even ``depth``).
+
+    Returns:
+        A freshly initialised :class:`MaskFlowTransformer` on the current default device.
+
+    Raises:
+        ValueError: unknown size (the known ones are listed) or an invalid/unknown config field.
+    """
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {list(MODEL_SIZES)}")
+    depth, hidden, heads = MODEL_SIZES[size]
+    fields = {"depth": depth, "hidden_size": hidden, "num_heads": heads}
+    fields.update(overrides)
+    known = set(BackboneConfig.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown backbone setting(s) {unknown}; known: {sorted(known)}")
+    return MaskFlowTransformer(BackboneConfig(codebook_size=codebook_size, latent_size=latent_size, **fields))
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters; works for models built on the ``meta`` device."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
