@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     _setup_logging(out)
     uri = tracking.resolve_tracking_uri(None, workdir=out)
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
     timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- 1. videos

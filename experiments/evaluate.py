@@ -65,8 +65,7 @@ def main(
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.metrics import build_feature_extractor, compute_fvd, video_quality_metrics
     from maskflow.sampling import expected_nfe
-    from maskflow.tokenizers import load_tokenizer
-    from pipeline.readers import load_eval_clips, read_manifest
+    from pipeline.readers import load_eval_clips, load_shard_tokenizer, read_manifest
 
     if not cfg.checkpoint:
         raise ConfigError("checkpoint= is required")
@@ -81,7 +80,7 @@ def main(
             f"checkpoint codebook_size={model.codebook_size} differs from the shards' "
             f"{manifest['tokenizer']['codebook_size']} ({shards})"
         )
-    tokenizer = load_tokenizer(manifest["tokenizer"]["directory"])
+    tokenizer = load_shard_tokenizer(shards)
     num_frames = int(cfg.extrapolation) * k
     scfg = sampler_config(cfg, k, train_cfg["method"]["scheduler"])
     scfg.validate(num_frames)
@@ -89,7 +88,7 @@ def main(
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.get_client(uri)
-    name = run_name or f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}"
+    name = run_name or f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.resolved_stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}"
     run_id, _ = tracking.get_or_create_run(
         client, cfg.mlflow.experiment, name,
         tags={"stage": "evaluate", "checkpoint": str(cfg.checkpoint), **(extra_tags or {})},
@@ -127,7 +126,7 @@ def main(
             "frames_per_s": n * (num_frames - m) / max(wall, 1e-9),
             "num_videos": n,
             "num_frames": num_frames,
-            "stride_effective": float(scfg.stride if scfg.stride is not None else k - m),
+            "stride_effective": float(scfg.resolved_stride),
         }
         metrics.update(video_quality_metrics(real, fake, n_context_frames=m))
         extractor = build_feature_extractor(cfg.fvd.feature_network if cfg.fvd.weights else None, cfg.fvd.weights,

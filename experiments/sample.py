@@ -109,8 +109,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from experiments.checkpoint import load_backbone
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.sampling import expected_nfe
-    from maskflow.tokenizers import load_tokenizer
-    from pipeline.readers import read_manifest
+    from pipeline.readers import load_shard_tokenizer, read_manifest
 
     if not cfg.checkpoint:
         raise ConfigError("checkpoint= is required (a training checkpoint directory or checkpoint.pt)")
@@ -126,7 +125,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"checkpoint codebook_size={model.codebook_size} differs from the shards' codebook_size={shard_k} "
             f"({shards}); sample with the shards the model was trained on"
         )
-    tokenizer = load_tokenizer(manifest["tokenizer"]["directory"])
+    tokenizer = load_shard_tokenizer(shards)
 
     num_frames = int(cfg.num_frames or int(cfg.extrapolation) * chunk_size)
     scfg = sampler_config(cfg, chunk_size, train_cfg["method"]["scheduler"])
@@ -163,7 +162,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     summary = {
         "checkpoint": str(cfg.checkpoint),
-        "sampler": {k: getattr(scfg, k) for k in SAMPLER_KEYS if hasattr(scfg, k)},
+        "sampler": {**{k: getattr(scfg, k) for k in SAMPLER_KEYS if hasattr(scfg, k)}, "stride": scfg.resolved_stride},
         "chunk_size": chunk_size,
         "num_frames": num_frames,
         "extrapolation": num_frames / chunk_size,
@@ -182,7 +181,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     run_id, _ = tracking.get_or_create_run(
         client,
         cfg.mlflow.experiment,
-        f"{scfg.sampler}-s{scfg.stride}-x{summary['extrapolation']:g}",
+        f"{scfg.sampler}-s{scfg.resolved_stride}-x{summary['extrapolation']:g}",
         tags={"stage": "sample", "checkpoint": str(cfg.checkpoint)},
         parent_run_id=cfg.mlflow.parent_run_id,
     )

@@ -76,26 +76,57 @@ def _use_gpu(cfg: DictConfig) -> bool:
     return value == "true"
 
 
+def _cpus_per_worker(cfg: DictConfig, use_gpu: bool) -> float:
+    """``scaling.cpus_per_worker``, lowered on small machines so one CPU stays free for Ray Data.
+
+    Training workers hold their CPUs for the whole job; if they took every CPU, the streaming read of
+    the shards could never be scheduled and the job would wait forever.
+    """
+    import ray
+
+    wanted = float(cfg.scaling.cpus_per_worker)
+    workers = int(cfg.scaling.num_workers)
+    total = float(ray.cluster_resources().get("CPU", 0))
+    if use_gpu or workers * wanted + 1 <= total:
+        return wanted
+    fitted = max(0.25, (total - 1) / workers)
+    log.warning(
+        "%d workers x %.2g CPU would leave no CPU of %.0f for reading data; using %.2g CPU per worker",
+        workers, wanted, total, fitted,
+    )
+    return fitted
+
+
 # ------------------------------------------------------------------------------------ data
-def _window_rows(row: dict[str, Any], chunk_size: int, read_tokens) -> list[dict[str, Any]]:
-    """Cut one segment into ``floor(T / k)`` windows of ``k`` frames at a random offset (new each epoch)."""
+def _window_rows(row: dict[str, Any], chunk_size: int, repeats: int, read_tokens) -> list[dict[str, Any]]:
+    """Cut one segment into ``repeats × floor(T / k)`` windows of ``k`` frames.
+
+    Each repeat tiles the segment at its own random offset (drawn again every epoch), so every frame
+    is covered once per repeat and windows start anywhere.
+    """
     tokens = read_tokens(row)  # [T, h, w]
     n = tokens.shape[0] // chunk_size
-    if n == 0:
-        return []
-    offset = np.random.randint(0, tokens.shape[0] - n * chunk_size + 1)
-    return [
-        {"tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size], dtype=np.int64)}
-        for i in range(n)
-    ]
+    out = []
+    for _ in range(repeats if n else 0):
+        offset = np.random.randint(0, tokens.shape[0] - n * chunk_size + 1)
+        out.extend(
+            {"tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size], dtype=np.int64)}
+            for i in range(n)
+        )
+    return out
 
 
-def window_dataset(shards: str, split: str, chunk_size: int):
+def window_dataset(shards: str, split: str, chunk_size: int, *, min_windows: int = 1):
     """Ray Dataset of training windows ``{"tokens": int64 [chunk_size, h, w]}`` from the token shards.
 
-    Every segment of ``T`` frames gives ``floor(T / chunk_size)`` windows at a random offset that is
-    drawn again each epoch; segments shorter than a chunk give none. The row count is fixed, so Ray
-    Train's equal split gives every worker the same number of batches.
+    Every segment of ``T`` frames gives ``repeats × floor(T / chunk_size)`` windows at random offsets
+    drawn again each epoch (segments shorter than a chunk give none), with ``repeats`` the smallest
+    count that makes an epoch at least ``min_windows`` windows long — small datasets would otherwise
+    pay Ray Data's per-epoch start-up every few steps. The row count is fixed, so Ray Train's equal
+    split gives every worker the same number of batches.
+
+    Returns:
+        ``(dataset, windows_per_epoch)``.
 
     Raises:
         ConfigError: if the split holds no segment of at least ``chunk_size`` frames.
@@ -103,13 +134,16 @@ def window_dataset(shards: str, split: str, chunk_size: int):
     from pipeline.readers import read_token_dataset, row_tokens
 
     ds = read_token_dataset(shards, split=split)
-    n_long = ds.filter(lambda r: r["num_frames"] >= chunk_size).count()
-    if n_long == 0:
+    frames = ds.select_columns(["num_frames"]).to_pandas()["num_frames"].to_numpy()
+    windows = int((frames // chunk_size).sum())
+    if windows == 0:
         raise ConfigError(
             f"no {split!r} segment in {shards} has chunk_size={chunk_size} frames or more; "
             "lower chunk_size or tokenize longer videos"
         )
-    return ds.flat_map(_window_rows, fn_kwargs={"chunk_size": chunk_size, "read_tokens": row_tokens})
+    repeats = max(1, math.ceil(min_windows / windows))
+    ds = ds.flat_map(_window_rows, fn_kwargs={"chunk_size": chunk_size, "repeats": repeats, "read_tokens": row_tokens})
+    return ds, windows * repeats
 
 
 def data_info(shards: str) -> dict[str, Any]:
@@ -170,6 +204,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(int(cfg.seed))
+    if device.type == "cpu":  # one intra-op thread per CPU Ray gave this worker (oversubscription is 5-30x slower)
+        torch.set_num_threads(max(1, int(config.get("_cpus_per_worker", 1))))
 
     model = build_backbone(
         cfg.model.size,
@@ -405,18 +441,29 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     )
     log.info("MLflow run %s (%s) at %s", run_id, "resumed" if resumed else "new", uri)
 
-    train_ds = window_dataset(str(cfg.shards), str(cfg.split), int(cfg.chunk_size))
+    resources = {"CPU": _cpus_per_worker(cfg, use_gpu)}
+    if use_gpu:
+        resources["GPU"] = float(cfg.scaling.gpus_per_worker)
+    workers, bs = int(cfg.scaling.num_workers), int(cfg.loop.batch_size_per_worker)
+    train_ds, per_epoch = window_dataset(
+        str(cfg.shards), str(cfg.split), int(cfg.chunk_size),
+        min_windows=int(cfg.loop.min_steps_per_epoch) * workers * bs,
+    )
+    if per_epoch < workers * bs:
+        raise ConfigError(
+            f"{per_epoch} training windows cannot fill one batch on each of {workers} workers "
+            f"(batch_size_per_worker={bs}); lower them or add videos"
+        )
+    log.info("%d training windows per epoch (%d steps per worker)", per_epoch, per_epoch // (workers * bs))
     loop_config = to_container(cfg)
     loop_config.update(
+        _cpus_per_worker=resources["CPU"],
         _data=data,
         _mlflow={"tracking_uri": uri, "run_id": run_id},
         _fail_marker=(
             f"{storage}/{run_name}/.injected_failure" if cfg.loop.fail_at_step is not None and "://" not in storage else None
         ),
     )
-    resources = {"CPU": float(cfg.scaling.cpus_per_worker)}
-    if use_gpu:
-        resources["GPU"] = float(cfg.scaling.gpus_per_worker)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
