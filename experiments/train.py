@@ -110,7 +110,10 @@ def _window_rows(row: dict[str, Any], chunk_size: int, repeats: int, read_tokens
     for _ in range(repeats if n else 0):
         offset = np.random.randint(0, tokens.shape[0] - n * chunk_size + 1)
         out.extend(
-            {"tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size], dtype=np.int64)}
+            {
+                "tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size], dtype=np.int64),
+                "window": f"{row['video_id']}:{row['segment']}:{offset + i * chunk_size}",
+            }
             for i in range(n)
         )
     return out
@@ -298,12 +301,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model.train()
     while step < max_steps:
         batches = 0
-        for batch in shard.iter_torch_batches(batch_size=bs, drop_last=True, dtypes=torch.long, device=device):
+        for batch in shard.iter_batches(batch_size=bs, drop_last=True, batch_format="numpy"):
             batches += 1
+            tokens = torch.from_numpy(batch["tokens"]).to(device, non_blocking=True)
             _maybe_fail(config, step, rank)
             gen = torch.Generator(device=device).manual_seed(_step_seed(int(cfg.seed), rank, step))
             res = train_step(
-                model, objective, batch["tokens"], optimizer, scaler, ema, optim_cfg, step,
+                model, objective, tokens, optimizer, scaler, ema, optim_cfg, step,
                 lr_schedule=lr_schedule, generator=gen,
             )
             window.append((res.loss, res.accuracy))

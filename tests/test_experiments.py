@@ -1,0 +1,147 @@
+"""The experiment entry points end to end on a tiny dataset: tokenize → Ray Train (2 workers, resume,
+injected failure) → sample → sweep (one failing trial) → report. Shares one local Ray and one MLflow store."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments.config import ConfigError, load_config
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_session, mlflow_uri) -> Path:
+    from experiments import tokenize
+    from experiments.synthetic import write_sprite_videos
+
+    root = tmp_path_factory.mktemp("exp")
+    write_sprite_videos(root / "videos", num_videos=6, num_frames=24, size=32)
+    cfg = load_config(
+        "tokenize",
+        [f"inputs={root / 'videos'}", f"output_dir={root / 'tokens'}", "resolution=32", "tokenizer.codebook_size=32",
+         "min_frames=8", "eval_fraction=0.34", "tokenizer.fit_frames=64", "psnr_frames=8"],
+    )
+    manifest = tokenize.main(cfg)
+    assert manifest["counts"]["videos_ok"] == 6 and manifest["splits"]["eval"]["videos"] >= 1
+    return root / "tokens"
+
+
+def _train_cfg(shards: Path, name: str, **kw) -> list[str]:
+    words = {
+        "shards": shards, "run_name": name, "chunk_size": 8, "model.size": "tiny", "loop.max_steps": 4,
+        "loop.batch_size_per_worker": 2, "loop.log_every": 1, "loop.checkpoint_every": 2,
+        "loop.min_steps_per_epoch": 3, "run.storage_path": shards.parent / "ray_results",
+        "mlflow.system_metrics": False, "optim.lr": 1e-3, "mlflow.experiment": "test-train",
+    }
+    words.update(kw)
+    return [f"{k}={v}" for k, v in words.items()]
+
+
+def _state(checkpoint: str) -> dict:
+    from experiments.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)
+
+
+def test_train_checkpoints_and_resumes_exactly(shards):
+    from experiments import train, tracking
+
+    first = train.main(load_config("train", _train_cfg(shards, "resume")))
+    s1 = _state(first["checkpoint"])
+    assert first["steps"] == 4 and s1["step"] == 4 and not first["resumed"]
+    adam_steps = {int(v["step"]) for v in s1["optimizer"]["state"].values()}
+    assert adam_steps == {4}
+    assert s1["ema"]["num_updates"] == 4 and s1["config"]["run_name"] == "resume"
+    # the same command with the same run name continues: same MLflow run, step count and optimizer state go on
+    second = train.main(load_config("train", _train_cfg(shards, "resume", **{"loop.max_steps": 6})))
+    s2 = _state(second["checkpoint"])
+    assert second["resumed"] and second["mlflow_run_id"] == first["mlflow_run_id"]
+    assert s2["step"] == 6 and {int(v["step"]) for v in s2["optimizer"]["state"].values()} == {6}
+    steps = [m.step for m in tracking.get_client().get_metric_history(first["mlflow_run_id"], "loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6], "a resumed job logs the steps it has not logged yet"
+
+
+def test_injected_worker_failure_recovers_from_checkpoint(shards):
+    from experiments import train
+
+    out = train.main(load_config("train", _train_cfg(shards, "faulty", **{"loop.fail_at_step": 3, "run.max_failures": 1})))
+    assert out["steps"] == 4 and _state(out["checkpoint"])["step"] == 4
+    assert (shards.parent / "ray_results" / "faulty" / ".injected_failure").exists()
+
+
+def test_training_windows_are_split_disjointly(shards, ray_session):
+    from experiments.train import window_dataset
+
+    ds, per_epoch = window_dataset(str(shards), "train", 8, min_windows=1)
+    splits = ds.streaming_split(2, equal=True)
+    seen: list[list[str]] = [[], []]
+
+    def consume(i):
+        for batch in splits[i].iter_batches(batch_size=None, batch_format="numpy"):
+            seen[i].extend(batch["window"].tolist())
+            assert batch["tokens"].shape[1:] == (8, 4, 4)
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+    [t.start() for t in threads]
+    [t.join(timeout=120) for t in threads]
+    assert len(seen[0]) == len(seen[1]) > 0
+    assert not set(seen[0]) & set(seen[1]), "two ranks must never get the same window in an epoch"
+    assert len(seen[0]) + len(seen[1]) == per_epoch
+
+
+def test_bad_training_configs_are_refused_before_work(shards):
+    from experiments import train
+
+    with pytest.raises(ConfigError, match="max_context_frames"):
+        train.main(load_config("train", _train_cfg(shards, "bad", **{"method.max_context_frames": 8})))
+    with pytest.raises(ConfigError, match="chunk_size=64"):
+        train.main(load_config("train", _train_cfg(shards, "bad2", chunk_size=64)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shards) -> str:
+    from experiments import train
+
+    return train.main(load_config("train", _train_cfg(shards, "for-sampling")))["checkpoint"]
+
+
+def test_sample_keeps_context_and_counts_nfe(checkpoint, tmp_path):
+    from experiments import sample
+
+    out = sample.main(load_config("sample", [f"checkpoint={checkpoint}", f"out_dir={tmp_path}", "sampling_steps=3",
+                                             "n_context_frames=2", "extrapolation=2", "num_videos=2"]))
+    assert out["num_frames"] == 16 and out["context_frames_exact"]
+    assert out["nfe"] == out["expected_nfe"] == 3 * 3  # ceil((16 - 8) / 6) + 1 = 3 chunks x 3 steps
+    assert Path(out["videos"][0]["mp4"]).stat().st_size > 0 and Path(out["videos"][0]["gif"]).exists()
+    with pytest.raises(ValueError, match="stride"):
+        sample.main(load_config("sample", [f"checkpoint={checkpoint}", f"out_dir={tmp_path}", "stride=7"]))
+
+
+def test_sweep_records_a_failing_trial_and_reports(checkpoint, tmp_path):
+    import mlflow
+
+    from experiments import sweep, tracking
+
+    out = sweep.main(load_config("sweep", [
+        f"checkpoint={checkpoint}", "name=t-sweep", f"storage_path={tmp_path}",
+        "grid=[{sampler: mgm, sampling_steps: [2]}]", "extrapolation=[1]", "seed=[0, 1]",
+        "fail_trial=1", "max_concurrent_trials=1", "eval.num_videos=2", "eval.batch_size=2",
+    ]))
+    assert out["trials"] == 2 and len(out["errors"]) == 1
+    client = tracking.get_client()
+    parent = client.get_run(out["parent_run_id"])
+    runs = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    assert sorted(runs["status"]) == ["FAILED", "FINISHED"]
+    ok = runs[runs["status"] == "FINISHED"].iloc[0]
+    assert ok["params.sampler"] == "mgm" and ok["params.sampling_steps"] == "2"
+    assert ok["metrics.nfe"] == ok["metrics.expected_nfe"] == 2 and ok["metrics.psnr"] > 0
+    text = Path(out["report"]["markdown"]).read_text()
+    assert "Table 1 layout" in text and "| mgm | 1 | 2 |" in text
+    assert [a.path for a in client.list_artifacts(out["parent_run_id"], "report")] == [
+        "report/quality_vs_nfe.png", "report/report.md"]
