@@ -303,14 +303,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches = 0
         for batch in shard.iter_batches(batch_size=bs, drop_last=True, batch_format="numpy"):
             batches += 1
-            tokens = torch.from_numpy(batch["tokens"]).to(device, non_blocking=True)
+            tokens = torch.as_tensor(np.array(batch["tokens"], dtype=np.int64)).to(device, non_blocking=True)
             _maybe_fail(config, step, rank)
             gen = torch.Generator(device=device).manual_seed(_step_seed(int(cfg.seed), rank, step))
             res = train_step(
                 model, objective, tokens, optimizer, scaler, ema, optim_cfg, step,
                 lr_schedule=lr_schedule, generator=gen,
             )
-            window.append((res.loss, res.accuracy))
+            window.append((res.loss, res.accuracy, res.masked_ce))
             tokens_since += res.num_tokens
             step += 1
 
@@ -321,6 +321,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics = {
                     "loss": float(np.mean([w[0] for w in window])),
                     "masked_accuracy": float(np.mean([w[1] for w in window])),
+                    "masked_ce": float(np.mean([w[2] for w in window])),
                     "lr": res.lr,
                     "grad_norm": res.grad_norm,
                     "tokens_per_s": tokens_since * world / max(dt, 1e-9),
@@ -494,7 +495,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     tracking.set_tags(client, run_id, {"checkpoint": checkpoint})
     tracking.end_run(client, run_id)
-    losses = tracking.metric_history(client, run_id, "loss")
+    losses = tracking.metric_history(client, run_id, "masked_ce") or tracking.metric_history(client, run_id, "loss")
     summary = {
         "run_name": run_name,
         "checkpoint": checkpoint,

@@ -23,11 +23,15 @@ class LossOutput:
         loss: float32 scalar with grad, the weighted masked cross-entropy (eq. 7).
         accuracy: float32 scalar without grad, top-1 accuracy over masked tokens (0 when none is masked).
         num_masked: number of masked tokens that entered the loss.
+        masked_ce: float32 scalar without grad, the *unweighted* mean cross-entropy over masked tokens
+            (nats/token; equals ``loss`` when no frame weights are given) — the curve to watch, since the
+            weighted loss moves with the sampled levels.
     """
 
     loss: torch.Tensor
     accuracy: torch.Tensor
     num_masked: int
+    masked_ce: torch.Tensor | None = None
 
 
 def masked_cross_entropy(
@@ -72,6 +76,7 @@ def masked_cross_entropy(
     sel_logits = logits[is_masked].float()  # (M, K)
     sel_targets = targets[is_masked]  # (M,)
     ce = F.cross_entropy(sel_logits, sel_targets, reduction="none")  # (M,)
+    masked_ce = ce.detach().sum() / (sel_targets.numel() + eps)
     if frame_weights is not None:
         w = rearrange(frame_weights.float(), "b t -> b t 1 1").expand(targets.shape)[is_masked]  # (M,)
         ce = ce * w
@@ -82,7 +87,7 @@ def masked_cross_entropy(
             accuracy = (sel_logits.argmax(dim=-1) == sel_targets).float().mean()
         else:
             accuracy = torch.zeros((), device=logits.device)
-    return LossOutput(loss=loss, accuracy=accuracy, num_masked=num_masked)
+    return LossOutput(loss=loss, accuracy=accuracy, num_masked=num_masked, masked_ce=masked_ce)
 
 
 def snr(t: torch.Tensor, scheduler: Scheduler, *, snr_formula: str = "paper", eps: float = 1e-6) -> torch.Tensor:

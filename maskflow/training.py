@@ -370,6 +370,7 @@ class StepResult:
         lr: learning rate used for this step.
         num_masked: masked tokens in the loss, summed over micro-batches.
         num_tokens: tokens processed, summed over micro-batches.
+        masked_ce: mean unweighted cross-entropy over masked tokens (nats), averaged over micro-batches.
     """
 
     loss: float
@@ -378,6 +379,7 @@ class StepResult:
     lr: float
     num_masked: int = 0
     num_tokens: int = 0
+    masked_ce: float = float("nan")
 
 
 def train_step(
@@ -422,7 +424,7 @@ def train_step(
         raise ValueError(f"batch size {batch.shape[0]} must be divisible by grad_accum_steps={accum}")
     scaler = scaler if scaler is not None else torch.amp.GradScaler(batch.device.type, enabled=False)
     lr = float(optimizer.param_groups[0]["lr"])
-    losses, accs, n_masked = [], [], 0
+    losses, accs, ces, n_masked = [], [], [], 0
     optimizer.zero_grad(set_to_none=True)
     for i, micro in enumerate(batch.chunk(accum, dim=0)):
         last = i == accum - 1
@@ -436,6 +438,7 @@ def train_step(
             scaler.scale(out.loss / accum).backward()
         losses.append(float(out.loss.detach()))
         accs.append(float(out.accuracy))
+        ces.append(float(out.masked_ce) if out.masked_ce is not None else float("nan"))
         n_masked += out.num_masked
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -450,7 +453,7 @@ def train_step(
         ema.update(model)
     return StepResult(
         loss=sum(losses) / accum, accuracy=sum(accs) / accum, grad_norm=grad_norm, lr=lr,
-        num_masked=n_masked, num_tokens=batch.numel(),
+        num_masked=n_masked, num_tokens=batch.numel(), masked_ce=sum(ces) / accum,
     )
 
 

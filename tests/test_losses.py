@@ -149,3 +149,19 @@ def test_bad_snr_settings_are_refused():
         snr_weights(t, SigmoidScheduler(), snr_formula="gaussian")
     with pytest.raises(ValueError, match=r"t must be \[B, T\]"):
         snr_weights(torch.rand(3), SigmoidScheduler())
+
+
+def test_masked_ce_is_the_unweighted_mean_over_masked_tokens():
+    import torch
+
+    from maskflow.losses import masked_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 2, 2, 5, generator=g)
+    targets = torch.randint(0, 5, (2, 3, 2, 2), generator=g)
+    mask = torch.rand(2, 3, 2, 2, generator=g) < 0.5
+    weights = torch.rand(2, 3, generator=g) * 6
+    out = masked_cross_entropy(logits, targets, mask, frame_weights=weights)
+    expect = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+    assert torch.allclose(out.masked_ce, expect, atol=1e-6)
+    assert not torch.allclose(out.loss, expect)  # the weighted objective differs
