@@ -1,0 +1,100 @@
+r"""MGM-style sampling of one chunk (Algorithm 4): confidence-based unmasking in ``S`` passes.
+
+Each step: one backbone pass; every masked token of the generated frames draws a code
+:math:`\hat x^n \sim \mathrm{Softmax}(\lambda^n/\tau)` and gets the confidence
+:math:`C_n = \mathrm{Softmax}(\lambda^n/\tau)_{\hat x^n}`; the most confident masked tokens are committed
+so that exactly :math:`n_i` tokens stay masked after step ``i`` (the unmasking schedule,
+:mod:`maskflow.sampling.unmasking`). Every video of the batch has the same number of masked tokens at
+every step, so the work is batched without host syncs: the masked positions are gathered into a
+``[B, n_{i-1}]`` index (a stable sort), only their logits are sampled (the cost shrinks as the chunk
+fills), and one ``topk`` picks the tokens to commit. Committed tokens are final.
+The last step commits every remaining token, so the chunk takes exactly ``S`` passes and no mask token
+is left (Algorithm 4's early ``break`` can only trigger after the last step here).
+
+Optional Gumbel noise (``gumbel_temperature`` :math:`g`): the selection score becomes
+:math:`\log C_n + g (1 - \frac{i-1}{S-1}) G_n` with :math:`G_n \sim \mathrm{Gumbel}(0, 1)`, annealed
+linearly to 0 (the authors' option); :math:`g = 0` is the plain top-:math:`\lceil\alpha|\mathcal M|\rceil` rule.
+
+Time conditioning (``'dependent'``): each generated frame gets :math:`t_f = \kappa^{-1}(u_f)` where
+:math:`u_f` is its current fraction of unmasked tokens. Confidence-based selection unmasks frames at
+different rates, and in training a frame at level ``t`` has a share :math:`\kappa(t)` of its tokens
+unmasked (Algorithm 1), so this is the level that matches what the model sees — better than the step's
+nominal level, which would be wrong for every frame that is ahead or behind. Context frames get
+``t = 1``. With ``'independent'`` the :class:`~maskflow.sampling.guidance.Denoiser` passes ``t = 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+from maskflow.sampling.categorical import sample_categorical, uniform
+from maskflow.sampling.guidance import Denoiser
+from maskflow.sampling.unmasking import masked_counts
+from maskflow.schedules import Scheduler
+
+__all__ = ["sample_chunk_mgm"]
+
+
+@torch.no_grad()
+def sample_chunk_mgm(
+    denoiser: Denoiser,
+    context: torch.Tensor,
+    n_new: int,
+    *,
+    steps: int,
+    scheduler: Scheduler,
+    unmasking_schedule: str = "arccos",
+    temperature: float = 1.0,
+    gumbel_temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate ``n_new`` frames after ``context`` in exactly ``steps`` passes (Algorithm 4).
+
+    Args:
+        denoiser: the wrapped backbone (time conditioning, guidance, NFE count).
+        context: int64 ``[B, c, h, w]`` clean context frames (never modified).
+        n_new: frames to generate.
+        steps: ``S``, exactly the number of denoiser calls.
+        scheduler: ``κ``, whose inverse maps a frame's unmasked share to its level ``t``.
+        unmasking_schedule: ``'arccos'``, ``'cosine'`` or ``'linear'``.
+        temperature: softmax temperature.
+        gumbel_temperature: initial scale of the annealed Gumbel noise on log-confidences (0 = none).
+        generator: randomness.
+
+    Returns:
+        int64 ``[B, n_new, h, w]`` in ``[0, K)`` (no mask token).
+    """
+    b, c, hh, ww = context.shape
+    mask_id = denoiser.mask_id
+    x = torch.cat([context, context.new_full((b, n_new, hh, ww), mask_id)], dim=1)  # [B, c+n, h, w]
+    new = x[:, c:]  # view of the generated frames [B, n, h, w]
+    t = torch.ones(b, c + n_new, dtype=torch.float32, device=context.device)
+    t[:, c:] = 0.0
+    remaining = masked_counts(n_new * hh * ww, steps, unmasking_schedule)
+    prev = n_new * hh * ww  # masked tokens per video (the same in every video of the batch)
+    flat = new.view(b, n_new * hh * ww)  # [B, N]; .view (never a copy): writing it writes x
+    batch_index = torch.arange(b, device=x.device)[:, None]  # [B, 1]
+    for i, n_left in enumerate(remaining):
+        logits = denoiser(x, t, c)  # [B, n, h, w, K]
+        n_commit = prev - n_left
+        if n_commit == 0:  # nothing left to unmask (fewer tokens than steps): the pass still counts
+            continue
+        # positions of the `prev` masked tokens of each video; only their logits are sampled
+        pos = (flat == mask_id).to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :prev]  # [B, prev]
+        rows = rearrange(logits, "b f h w k -> b (f h w) k")
+        if prev < flat.shape[1]:  # (at the first step every token is masked: no gather needed)
+            rows = rows[batch_index, pos]  # [B, prev, K], whole rows copied
+        codes, conf = sample_categorical(rows, temperature, generator)  # [B, prev] each
+        if gumbel_temperature > 0:
+            anneal = 1.0 - i / (steps - 1) if steps > 1 else 1.0
+            gumbel = -torch.log(-torch.log(uniform(conf.shape, generator, conf.device).clamp_(min=1e-20)))
+            score = conf.log() + (gumbel_temperature * anneal) * gumbel
+        else:
+            score = conf
+        top = score.topk(n_commit, dim=1, sorted=False).indices  # [B, n_commit]: the most confident
+        flat.scatter_(1, pos.gather(1, top), codes.gather(1, top))
+        prev = n_left
+        if n_left:  # levels for the next pass: t_f = κ⁻¹(unmasked share of frame f)
+            t[:, c:] = scheduler.inverse((new != mask_id).float().mean(dim=(2, 3)))
+    return new.clone()

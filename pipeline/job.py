@@ -1,0 +1,641 @@
+"""The tokenize job: discover → decode (Ray tasks) → tokenize (Ray actor pool) → Parquet → manifest.
+
+:func:`run_tokenize_job` is the only entry point (``experiments/tokenize.py`` and the demo call it).
+It only wires the plain stages of this package together with Ray Data::
+
+    ray.data.from_items(videos)                                   # one row per video still to do
+      .map_batches(decode_batch, batch_size=1, num_cpus=…)        # DecodeStage: segment rows + a record
+      .map_batches(TokenizeStage, compute=ActorPoolStrategy(size=N), num_gpus=…, batch_size=4)
+      .write_datasink(TokenShardDatasink(output_dir, …))         # ShardWriter: part-*.parquet + _videos/*.jsonl
+
+Before that it scans ``output_dir`` (:mod:`pipeline.manifest`): videos already done are skipped,
+traces of interrupted videos are removed, and a tokenizer or decode setting that differs from the
+one the existing shards were made with is refused before any work. After it, it rescans, measures
+the reconstruction PSNR on a seeded sample of written segments (re-decoding their source frames) and
+writes ``manifest.json``. Bad input never stops the job: every video ends as segments or as a
+failure record with its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pipeline.decode import DecodeConfig, decode_batch, decode_video, get_stage
+from pipeline.discover import VideoItem, discover_videos
+from pipeline.fs import Location, resolve, upload_dir
+from pipeline.manifest import (
+    TOKENIZER_DIR,
+    build_manifest,
+    check_job_settings,
+    load_manifest,
+    repair_output,
+    scan_output,
+    write_job_settings,
+    write_manifest,
+)
+from pipeline.tokenize import TokenizeStage, load_tokenizer_any, localize_dir
+from pipeline.writer import TokenShardDatasink, shard_schema
+
+__all__ = ["DEFAULTS", "normalize_config", "run_tokenize_job", "prepare_tokenizer", "measure_psnr"]
+
+log = logging.getLogger("pipeline.job")
+
+TOKENIZER_KINDS = ("patch_kmeans", "diffusers_vq")
+DEFAULT_CODEBOOK = 1024
+_WRITE_CONCURRENCY = 4
+
+DEFAULTS: dict[str, Any] = {
+    "inputs": None,
+    "output_dir": "outputs/tokens",
+    "resolution": 256,
+    "fps": None,
+    "frame_stride": 1,
+    "max_frames_per_segment": 256,
+    "min_frames": 8,
+    "eval_fraction": 0.1,
+    "tokenizer": {
+        "kind": "patch_kmeans",
+        "path": None,
+        "codebook_size": None,
+        "patch_size": 8,
+        "fit_frames": 1024,
+        "fit_videos": 64,
+        "precision": "auto",
+    },
+    "batch_size": 64,
+    "num_tokenizer_actors": 1,
+    "num_gpus_per_actor": 0,
+    "num_cpus_per_actor": None,
+    "decoder": "decord",
+    "decode_timeout_s": 120.0,
+    "decode_num_cpus": 1.0,
+    "tokenize_in_decode_tasks": False,
+    "rows_per_shard": 256,
+    "row_group_mb": 32.0,
+    "psnr_frames": 64,
+    "retry_failed": False,
+    "seed": 0,
+}
+"""Every setting of the job with its default (``experiments/configs/tokenize.yaml`` documents them)."""
+
+
+# ================================================================================ configuration
+def _merge(base: dict[str, Any], over: dict[str, Any], path: str = "") -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        name = f"{path}{key}"
+        if key not in base:
+            raise ValueError(f"unknown tokenize setting {name!r}; known: {', '.join(sorted(path + k for k in base))}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{name} must be a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, f"{name}.")
+        else:
+            out[key] = value
+    return out
+
+
+def normalize_config(config: Any) -> dict[str, Any]:
+    """Defaults + ``config`` (dict or OmegaConf ``DictConfig``), validated.
+
+    Raises:
+        ValueError: for an unknown key or a setting outside its allowed range (named in the message).
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(config, resolve=True)
+    cfg = _merge(DEFAULTS, dict(config))
+    t = cfg["tokenizer"]
+    if not cfg["inputs"]:
+        raise ValueError("inputs= is required: a directory, glob, CSV/JSONL file list or video (local or URI)")
+    if not cfg["output_dir"]:
+        raise ValueError("output_dir= is required")
+    if t["kind"] not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}, got {t['kind']!r}")
+    if t["kind"] == "diffusers_vq" and not t["path"]:
+        raise ValueError("tokenizer.kind=diffusers_vq needs tokenizer.path (a VQModel directory, hub id or saved tokenizer)")
+    if t["codebook_size"] is not None and int(t["codebook_size"]) < 2:
+        raise ValueError(f"tokenizer.codebook_size must be >= 2 or null, got {t['codebook_size']}")
+    if int(t["patch_size"]) < 1 or int(cfg["resolution"]) % int(t["patch_size"]):
+        raise ValueError(
+            f"resolution ({cfg['resolution']}) must be a positive multiple of tokenizer.patch_size ({t['patch_size']})"
+        )
+    for key, low in (("fit_frames", 1), ("fit_videos", 1)):
+        if int(t[key]) < low:
+            raise ValueError(f"tokenizer.{key} must be >= {low}, got {t[key]}")
+    if t["precision"] not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"tokenizer.precision must be auto, bf16 or fp32, got {t['precision']!r}")
+    for key, low in (("batch_size", 1), ("num_tokenizer_actors", 1), ("rows_per_shard", 1), ("psnr_frames", 0)):
+        if int(cfg[key]) < low:
+            raise ValueError(f"{key} must be >= {low}, got {cfg[key]}")
+    for key in ("num_gpus_per_actor", "decode_num_cpus"):
+        if float(cfg[key]) < 0:
+            raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+    if cfg["tokenize_in_decode_tasks"] and float(cfg["num_gpus_per_actor"]) > 0:
+        raise ValueError(
+            "tokenize_in_decode_tasks=true is for CPU-only runs; with num_gpus_per_actor > 0 the tokenizer "
+            "runs in the GPU actor pool (set tokenize_in_decode_tasks=false)"
+        )
+    if cfg["num_cpus_per_actor"] is not None and float(cfg["num_cpus_per_actor"]) < 0:
+        raise ValueError(f"num_cpus_per_actor must be >= 0 or null, got {cfg['num_cpus_per_actor']}")
+    if not float(cfg["row_group_mb"]) > 0:
+        raise ValueError(f"row_group_mb must be > 0, got {cfg['row_group_mb']}")
+    if not 0.0 <= float(cfg["eval_fraction"]) <= 1.0:
+        raise ValueError(f"eval_fraction must lie in [0, 1], got {cfg['eval_fraction']}")
+    decode_config(cfg).validate()
+    return cfg
+
+
+def decode_config(cfg: dict[str, Any], **changes: Any) -> DecodeConfig:
+    """The :class:`~pipeline.decode.DecodeConfig` of a normalised job config."""
+    d = DecodeConfig(
+        resolution=int(cfg["resolution"]),
+        fps=None if cfg["fps"] is None else float(cfg["fps"]),
+        frame_stride=int(cfg["frame_stride"] or 1),
+        max_frames_per_segment=int(cfg["max_frames_per_segment"]),
+        min_frames=int(cfg["min_frames"]),
+        decoder=str(cfg["decoder"]),
+        decode_timeout_s=float(cfg["decode_timeout_s"]),
+    )
+    return dataclasses.replace(d, **changes) if changes else d
+
+
+# ================================================================================ tokenizer
+def _order(items: list[VideoItem], seed: int) -> list[VideoItem]:
+    return sorted(items, key=lambda it: hashlib.sha1(f"{seed}:{it.video_id}".encode()).hexdigest())
+
+
+def _fit_sample(source: str, dcfg: dict[str, Any], per_video: int) -> np.ndarray:
+    """Up to ``per_video`` frames spread over one video (memory: at most ``2 * per_video`` frames)."""
+    cfg = DecodeConfig.from_dict(dcfg)
+    stage = get_stage(cfg)
+    kept: list[np.ndarray] = []
+    stride, index = 1, 0
+    ok = False
+    for row in stage.process({"video_id": "", "source": source, "split": ""}):
+        if row["kind"] != "segment":
+            ok = row["record"]["status"] == "ok"
+            continue
+        for frame in row["frames"]:
+            if index % stride == 0:
+                kept.append(frame)
+                if len(kept) > 2 * per_video:  # decimate: keep every other frame, double the stride
+                    kept = kept[::2]
+                    stride *= 2
+            index += 1
+    if not ok or not kept:
+        r = cfg.resolution
+        return np.empty((0, r, r, 3), np.uint8)
+    pick = np.unique(np.linspace(0, len(kept) - 1, min(per_video, len(kept))).round().astype(int))
+    return np.stack([kept[i] for i in pick])
+
+
+def _fit_patch_kmeans(cfg: dict[str, Any], items: list[VideoItem]):
+    import ray
+
+    from maskflow.tokenizers import PatchKMeansTokenizer
+
+    t = cfg["tokenizer"]
+    pool = [it for it in items if it.split == "train"] or list(items)
+    chosen = _order(pool, int(cfg["seed"]))[: int(t["fit_videos"])]
+    per_video = max(1, math.ceil(int(t["fit_frames"]) / len(chosen)))
+    # frames come from the first max(64, 4 x per_video) kept frames of each video: decoding whole videos
+    # to fit a codebook costs more than it brings
+    dcfg = dataclasses.asdict(decode_config(cfg, max_frames=max(64, 4 * per_video), min_frames=1))
+    log.info("fitting patch_kmeans K=%s on up to %d frames of %d train videos", t["codebook_size"] or DEFAULT_CODEBOOK,
+             per_video * len(chosen), len(chosen))  # fmt: skip
+    task = ray.remote(num_cpus=float(cfg["decode_num_cpus"]))(_fit_sample)
+    refs = [task.remote(it.source, dcfg, per_video) for it in chosen]
+    batches = [np.array(b) for b in ray.get(refs) if len(b)]  # writable copies (ray.get gives read-only views)
+    if not batches:
+        raise ValueError("no train video could be decoded to fit the patch_kmeans tokenizer (see the failures above)")
+    return PatchKMeansTokenizer.fit(
+        batches,
+        codebook_size=int(t["codebook_size"] or DEFAULT_CODEBOOK),
+        patch_size=int(t["patch_size"]),
+        resolution=int(cfg["resolution"]),
+        seed=int(cfg["seed"]),
+    )
+
+
+def _load_diffusers(cfg: dict[str, Any]):
+    """A ``diffusers_vq`` tokenizer on the driver's CPU (only for its id, saving and the PSNR sample):
+    a saved tokenizer directory, a diffusers ``VQModel`` directory (local or URI) or a hub id."""
+    from maskflow.tokenizers import DiffusersVQTokenizer
+
+    path = str(cfg["tokenizer"]["path"])
+    if "://" in path or os.path.exists(os.path.expanduser(path)):
+        local = localize_dir(path)
+        if os.path.isfile(os.path.join(local, "tokenizer.json")):
+            return load_tokenizer_any(local, device="cpu")
+        return DiffusersVQTokenizer.from_pretrained(
+            local, resolution=int(cfg["resolution"]), device="cpu", batch_size=int(cfg["batch_size"])
+        )
+    return DiffusersVQTokenizer.from_pretrained(  # a hub id (needs network access)
+        path, resolution=int(cfg["resolution"]), device="cpu", batch_size=int(cfg["batch_size"])
+    )
+
+
+def prepare_tokenizer(cfg: dict[str, Any], items: list[VideoItem], out: Location):
+    """The job's tokenizer: loaded from ``tokenizer.path``, reused from ``output_dir/tokenizer``, or fitted.
+
+    ``patch_kmeans`` without a path reuses a tokenizer saved in ``output_dir/tokenizer`` by an earlier
+    run when its ``codebook_size``/``patch_size``/``resolution`` match, else fits a new one on frames
+    sampled from up to ``tokenizer.fit_videos`` train videos (decoded with :mod:`pipeline.decode`).
+
+    Returns:
+        ``(tokenizer, how)`` with ``how`` in ``"loaded"``, ``"reused"``, ``"fitted"``.
+
+    Raises:
+        ValueError: a tokenizer whose resolution or codebook size differs from the config.
+    """
+    t = cfg["tokenizer"]
+    saved = out.join(TOKENIZER_DIR)
+    tok, how = None, "loaded"
+    if t["kind"] == "patch_kmeans" and not t["path"]:
+        if saved.join("tokenizer.json").exists():
+            try:
+                old = load_tokenizer_any(saved.uri())
+            except Exception as e:  # a torn save: fit again
+                log.warning("cannot reuse %s (%s); fitting a new tokenizer", saved.uri(), e)
+                old = None
+            want_k = int(t["codebook_size"] or DEFAULT_CODEBOOK)
+            if (
+                old is not None
+                and old.kind == "patch_kmeans"
+                and old.codebook_size == want_k
+                and getattr(old, "patch_size", None) == int(t["patch_size"])
+                and old.resolution == int(cfg["resolution"])
+            ):
+                tok, how = old, "reused"
+        if tok is None:
+            tok, how = _fit_patch_kmeans(cfg, items), "fitted"
+    elif t["kind"] == "patch_kmeans":
+        tok = load_tokenizer_any(str(t["path"]))
+    else:
+        tok = _load_diffusers(cfg)
+    if tok.kind != t["kind"]:
+        raise ValueError(f"tokenizer.path={t['path']} holds a {tok.kind!r} tokenizer, but tokenizer.kind={t['kind']!r}")
+    if tok.resolution != int(cfg["resolution"]):
+        raise ValueError(
+            f"resolution={cfg['resolution']} but the tokenizer {tok.tokenizer_id} expects {tok.resolution}x{tok.resolution} frames"
+        )
+    if t["codebook_size"] is not None and int(t["codebook_size"]) != tok.codebook_size:
+        raise ValueError(
+            f"tokenizer.codebook_size={t['codebook_size']} but the tokenizer {tok.tokenizer_id} has {tok.codebook_size} codes"
+        )
+    return tok, how
+
+
+def _saved_id(saved: Location) -> str | None:
+    """``tokenizer_id`` recorded in a saved tokenizer's ``tokenizer.json`` (without loading weights)."""
+    import json
+
+    from pipeline.fs import read_bytes
+
+    meta = saved.join("tokenizer.json")
+    return json.loads(read_bytes(meta)).get("tokenizer_id") if meta.exists() else None
+
+
+def _save_tokenizer(tok, out: Location) -> Location:
+    """Save ``tok`` into ``output_dir/tokenizer`` unless the same tokenizer is already there."""
+    saved = out.join(TOKENIZER_DIR)
+    if saved.join("tokenizer.json").exists():
+        try:
+            if _saved_id(saved) == tok.tokenizer_id:
+                return saved
+        except Exception:
+            pass
+    if saved.is_local:
+        tmp = f"{saved.path}.tmp-{uuid.uuid4().hex[:8]}"
+        tok.save(tmp)
+        if os.path.isdir(saved.path):
+            shutil.rmtree(saved.path)
+        os.replace(tmp, saved.path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="maskflow-tokenizer-") as d:
+            tok.save(d)
+            upload_dir(d, saved)
+    return saved
+
+
+def _tokenizer_info(tok, directory: Location, how: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": tok.kind,
+        "tokenizer_id": tok.tokenizer_id,
+        "config_hash": tok.config_hash,
+        "config": tok.config,
+        "codebook_size": int(tok.codebook_size),
+        "latent_size": int(tok.latent_size),
+        "resolution": int(tok.resolution),
+        "directory": directory.uri(),
+        "relative_directory": TOKENIZER_DIR,
+        "source": cfg["tokenizer"]["path"],
+        "how": how,
+    }
+
+
+# ================================================================================ checks
+def _psnr_picks(out: Location, state, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seeded sample of up to 8 written segments and how many frames of each to check."""
+    import pyarrow.compute as pc
+
+    from pipeline.readers import _dataset
+
+    n_frames = int(cfg["psnr_frames"])
+    ok = sorted(v for v, s in state.done().items() if s == "ok")
+    if n_frames <= 0 or not ok:
+        return []
+    candidates = sorted((v, seg, n) for v in ok for (seg, n, _) in state.rows[v])
+    rng = np.random.default_rng(int(cfg["seed"]))
+    chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=min(8, len(candidates)), replace=False))]
+    per = max(1, math.ceil(n_frames / len(chosen)))
+    meta = _dataset(out.uri()).to_table(
+        columns=["video_id", "segment", "frame_start"], filter=pc.field("video_id").isin(sorted({c[0] for c in chosen}))
+    ).to_pylist()
+    starts = {(r["video_id"], r["segment"]): r["frame_start"] for r in meta}
+    return [
+        {
+            "video_id": v,
+            "segment": seg,
+            "frames": min(per, n),
+            "frame_start": int(starts[(v, seg)]),
+            "source": state.record(v)["source"],
+            "decoder": state.record(v).get("decoder") or cfg["decoder"],
+        }
+        for v, seg, n in chosen
+    ]
+
+
+def _psnr_of(shard_dir: str, tok, tok_dir: str | None, picks: list[dict[str, Any]], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Round trip of ``picks``: source frames decoded again vs ``tokenizer.decode`` of the stored codes."""
+    from pipeline.readers import decode_segment
+
+    if tok is None:  # on a GPU worker: load it the way the tokenizer actors do
+        tok = TokenizeStage(tok_dir, batch_size=int(cfg["batch_size"]), precision=cfg["tokenizer"]["precision"]).tokenizer
+    sse, count, rows, skipped = 0.0, 0, [], []
+    for p in picks:
+        k, start = p["frames"], p["frame_start"]
+        recon = decode_segment(shard_dir, p["video_id"], p["segment"], tokenizer=tok)[:k].numpy()
+        dcfg = decode_config(cfg, decoder=p["decoder"], fallback=False, max_frames=start + k, min_frames=1)
+        src = decode_video(p["source"], dcfg, stage=get_stage(dcfg)).frames[start : start + k]
+        if len(src) != k:
+            skipped.append({"video_id": p["video_id"], "segment": p["segment"], "why": f"source re-decoded to {len(src)} of {k} frames"})
+            continue
+        err = float(np.square(src.astype(np.float64) - recon.astype(np.float64)).sum())
+        sse, count = sse + err, count + src.size
+        rows.append({"video_id": p["video_id"], "segment": p["segment"], "frames": k, "db": _db(err / src.size)})
+    return {
+        "db": _db(sse / count) if count else None,
+        "frames": sum(r["frames"] for r in rows),
+        "segments": rows,
+        "skipped": skipped,
+    }
+
+
+def measure_psnr(out: Location, state, tok, cfg: dict[str, Any], tok_dir: Location | None = None) -> dict[str, Any] | None:
+    """Reconstruction PSNR on a seeded sample of written segments: frames re-decoded from the source
+    (same decoder and settings as when they were written) vs ``tokenizer.decode`` of the stored codes.
+    This checks the whole round trip (including that ``frame_start`` points at the right frames).
+
+    Up to 8 segments, ``psnr_frames`` frames in total. With ``num_gpus_per_actor > 0`` it runs as a Ray
+    task on a GPU (decoding 64 frames with SD-VQGAN on a CPU driver takes minutes), else on the driver.
+    A segment whose source no longer decodes to the same frames is skipped (listed under ``"skipped"``).
+
+    Returns:
+        ``{"db", "frames", "segments": [{video_id, segment, frames, db}], "skipped": [...]}``, or ``None``
+        when ``psnr_frames == 0`` or nothing is written.
+    """
+    picks = _psnr_picks(out, state, cfg)
+    if not picks:
+        return None
+    if float(cfg["num_gpus_per_actor"]) > 0 and tok_dir is not None:
+        import ray
+
+        task = ray.remote(num_gpus=float(cfg["num_gpus_per_actor"]), num_cpus=1)(_psnr_of)
+        return ray.get(task.remote(out.uri(), None, tok_dir.uri(), picks, cfg))
+    return _psnr_of(out.uri(), tok, None, picks, cfg)
+
+
+def _db(mse: float) -> float:
+    return float("inf") if mse == 0 else round(10.0 * math.log10(255.0**2 / mse), 3)
+
+
+# ================================================================================ the job
+def _ensure_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # ray.init() connects to RAY_ADDRESS when it is set (ray job submit sets it), else starts a local instance
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None)
+
+
+def _actor_cpus(cfg: dict[str, Any]) -> float:
+    if cfg["num_cpus_per_actor"] is not None:
+        return float(cfg["num_cpus_per_actor"])
+    # on GPU nodes an actor holds one CPU to feed its GPU; CPU-only, tokenizer actors share the cores with
+    # decoding rather than reserving one each (reserving would halve decode parallelism on small machines)
+    return 1.0 if float(cfg["num_gpus_per_actor"]) > 0 else 0.0
+
+
+def _num_blocks(n_videos: int, cfg: dict[str, Any]) -> int:
+    """Videos are grouped into blocks (one decode task each): about 4 blocks per decode slot so the
+    slots stay busy to the end, but at least ~8 videos per task on big jobs (Ray schedules each task
+    in a few hundred ms; tasks of seconds amortise that), and at most 20,000 blocks."""
+    import ray
+
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) / max(float(cfg["decode_num_cpus"]), 0.1)))
+    return max(1, min(n_videos, max(4 * slots, math.ceil(n_videos / 8)), 20_000))
+
+
+def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok_dir: Location, codebook_size: int, run_id: str) -> None:
+    import ray
+
+    dcfg = decode_config(cfg)
+    n_blocks = _num_blocks(len(todo), cfg)
+    actor_cpus = _actor_cpus(cfg)
+    stage_kwargs = {
+        "tokenizer_dir": tok_dir.uri(),
+        "batch_size": int(cfg["batch_size"]),
+        "precision": cfg["tokenizer"]["precision"],
+        "num_threads": max(1, int(actor_cpus)),
+    }
+    fused = bool(cfg["tokenize_in_decode_tasks"])
+    ds = ray.data.from_items([it.to_dict() for it in todo], override_num_blocks=n_blocks)
+    ds = ds.map_batches(
+        decode_batch,
+        fn_kwargs={"config": dataclasses.asdict(dcfg), "tokenize": dict(stage_kwargs, num_threads=1) if fused else None},
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=float(cfg["decode_num_cpus"]),
+    )
+    if not fused:
+        ds = ds.map_batches(
+            TokenizeStage,
+            fn_constructor_kwargs=stage_kwargs,
+            batch_size=4,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=int(cfg["num_tokenizer_actors"])),
+            num_cpus=actor_cpus,
+            num_gpus=float(cfg["num_gpus_per_actor"]),
+        )
+    sink = TokenShardDatasink(
+        out.uri(),
+        codebook_size=codebook_size,
+        run_id=run_id,
+        rows_per_shard=int(cfg["rows_per_shard"]),
+        row_group_mb=float(cfg["row_group_mb"]),
+    )
+    # Write tasks only compress and commit small token tables: they take no CPU slot and at most
+    # _WRITE_CONCURRENCY run at once. A capped, CPU-free write operator leaves Ray Data's per-operator
+    # CPU reservation to the decoders (with a 1-CPU write task reserved, a 2-core machine decodes
+    # one video at a time).
+    with warnings.catch_warnings():  # "concurrency 4 but only N inputs" on small runs: expected, not a problem
+        warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Write'")
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=_WRITE_CONCURRENCY)
+
+
+def run_tokenize_job(config: Any) -> dict[str, Any]:
+    """Tokenize every input video into Parquet shards plus ``manifest.json`` (resumable).
+
+    Args:
+        config: dict or ``DictConfig`` with the keys of :data:`DEFAULTS` (``inputs`` required).
+
+    Returns:
+        the manifest (also written to ``output_dir/manifest.json``); ``manifest["run"]`` describes this
+        run (``videos_processed``, ``frames``, ``frames_per_s``, ``wall_s``, ``nothing_to_do``).
+
+    Raises:
+        ValueError: a setting outside its range, or no input video.
+        TokenizerMismatchError: ``output_dir`` holds shards of another tokenizer / other decode settings.
+        FileNotFoundError: an input that does not exist.
+    """
+    cfg = normalize_config(config)
+    t_start = time.perf_counter()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    items = discover_videos(cfg["inputs"], eval_fraction=float(cfg["eval_fraction"]))
+    if not items:
+        raise ValueError(f"no videos (.mp4 .avi .mkv .webm .mov) found in inputs={cfg['inputs']!r}")
+    out = resolve(str(cfg["output_dir"]))
+    out.mkdir()
+    _ensure_ray()
+    state = scan_output(out)
+
+    tok, how = prepare_tokenizer(cfg, items, out)
+    settings = {
+        "tokenizer_id": tok.tokenizer_id,
+        "resolution": int(cfg["resolution"]),
+        "fps": cfg["fps"],
+        "frame_stride": int(cfg["frame_stride"] or 1),
+        "max_frames_per_segment": int(cfg["max_frames_per_segment"]),
+        "min_frames": int(cfg["min_frames"]),
+    }
+    check_job_settings(out, settings, state)  # before anything is written
+    tok_dir = _save_tokenizer(tok, out)
+    write_job_settings(out, settings)
+    tok_info = _tokenizer_info(tok, tok_dir, how, cfg)
+
+    retry = set()
+    if cfg["retry_failed"]:
+        retry = {it.video_id for it in items if state.status(it.video_id) == "failed"}
+    repaired = repair_output(state, also_purge=retry)
+    if repaired["videos_purged"] or repaired["files_deleted"]:
+        log.info("resume: removed %d interrupted videos' rows (%d files rewritten, %d deleted)",
+                 repaired["videos_purged"], repaired["files_rewritten"], repaired["files_deleted"])  # fmt: skip
+    done_before = state.done()
+    todo = [it for it in items if it.video_id not in done_before]
+    skipped = len(items) - len(todo)
+    schema = shard_schema(tok.codebook_size)
+    decode_info = {k: settings[k] for k in settings if k != "tokenizer_id"} | {"decoder": cfg["decoder"]}
+
+    if not todo:
+        fresh = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run={}, psnr=None, schema=schema)
+        old = load_manifest(out)
+        same = old is not None and all(old.get(k) == fresh.get(k) for k in ("counts", "failures", "splits")) and (
+            old.get("tokenizer", {}).get("tokenizer_id") == tok.tokenizer_id
+        )
+        message = f"nothing to do: all {len(items)} input videos are already in {out.uri()}"
+        log.info("tokenize: %s (%d ok, %d failed)", message, fresh["counts"]["videos_ok"], fresh["counts"]["videos_failed"])
+        if same:
+            old["run"] = {**(old.get("run") or {}), "nothing_to_do": True, "message": message, "videos_processed": 0}
+            return old
+        fresh["psnr"] = (old or {}).get("psnr") or measure_psnr(out, state, tok, cfg, tok_dir)
+        fresh["reconstruction_psnr_db"] = (fresh["psnr"] or {}).get("db")
+        fresh["run"] = {"nothing_to_do": True, "message": message, "videos_processed": 0, "started_at": started_at}
+        write_manifest(out, fresh)
+        return fresh
+
+    run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    log.info("tokenize: %d videos to do (%d already done) → %s with %s", len(todo), skipped, out.uri(), tok.tokenizer_id)
+    t_pipe = time.perf_counter()
+    _run_pipeline(cfg, todo, out, tok_dir, tok.codebook_size, run_id)
+    state = scan_output(out)
+    # A worker killed mid-video (e.g. out of memory) and retried by Ray can leave a video half-written or
+    # doubled; such videos (and any the run missed) get one more pass right away.
+    again = [it for it in todo if state.status(it.video_id) not in ("ok", "failed")]
+    if again:
+        log.warning("tokenize: %d videos incomplete after the run (%s); repairing and running them again",
+                    len(again), ", ".join(it.video_id for it in again[:5]))  # fmt: skip
+        repair_output(state)
+        _run_pipeline(cfg, again, out, tok_dir, tok.codebook_size, run_id + "-r")
+        state = scan_output(out)
+    pipe_s = time.perf_counter() - t_pipe
+    leftovers = state.incomplete()
+    if leftovers:  # the next run repairs them
+        log.warning("tokenize: %d videos are still incomplete: %s", len(leftovers), ", ".join(leftovers[:5]))
+    done_after = state.done()
+    new = [v for v in done_after if v not in done_before]
+    new_ok = [v for v in new if done_after[v] == "ok"]
+    frames = sum(int(state.record(v)["frames"]) for v in new_ok)
+    psnr = measure_psnr(out, state, tok, cfg, tok_dir)
+    run = {
+        "run_id": run_id,
+        "started_at": started_at,
+        "wall_s": round(time.perf_counter() - t_start, 2),
+        "pipeline_s": round(pipe_s, 2),
+        "videos_processed": len(new),
+        "videos_ok": len(new_ok),
+        "videos_failed": len(new) - len(new_ok),
+        "videos_skipped_done": skipped,
+        "segments": sum(int(state.record(v)["segments"]) for v in new_ok),
+        "frames": frames,
+        "frames_per_s": round(frames / max(pipe_s, 1e-9), 2),
+        "resumed": bool(skipped or repaired["videos_purged"]),
+        "repaired": repaired,
+        "tokenizer": how,
+        "nothing_to_do": False,
+        "settings": {
+            k: cfg[k]
+            for k in ("batch_size", "num_tokenizer_actors", "num_gpus_per_actor", "decode_num_cpus",
+                      "tokenize_in_decode_tasks", "rows_per_shard")
+        },  # fmt: skip
+    }
+    manifest = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run=run, psnr=psnr, schema=schema)
+    write_manifest(out, manifest)
+    c = manifest["counts"]
+    psnr_txt = f", PSNR {manifest['reconstruction_psnr_db']:.2f} dB" if isinstance(manifest["reconstruction_psnr_db"], float) else ""
+    log.info(
+        "tokenize: %d/%d videos ok, %d failed, %d segments, %d frames; this run %d videos, %d frames in %.1f s "
+        "(%.1f frames/s) → %s [%s%s]",
+        c["videos_ok"], c["videos_found"], c["videos_failed"], c["segments"], c["frames"], len(new), frames,
+        pipe_s, run["frames_per_s"], out.uri(), tok.tokenizer_id, psnr_txt,
+    )  # fmt: skip
+    for f in manifest["failures"]:
+        log.info("  skipped %s: %s", f["source"], f["reason"])
+    return manifest
