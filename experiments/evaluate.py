@@ -60,27 +60,15 @@ def main(
         ConfigError: a missing checkpoint, a codebook mismatch, or a sampler setting out of range.
     """
     from experiments import tracking
-    from experiments.checkpoint import load_backbone
-    from experiments.sample import generate_videos, pick_device, sampler_config
+    from experiments.sample import generate_videos, load_for_sampling, sampler_config
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.metrics import build_feature_extractor, compute_fvd, video_quality_metrics
     from maskflow.sampling import expected_nfe
-    from pipeline.readers import load_eval_clips, load_shard_tokenizer, read_manifest
+    from pipeline.readers import load_eval_clips
 
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint= is required")
-    device = pick_device(str(cfg.device))
-    model, state = load_backbone(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=device)
-    train_cfg, data = state["config"], state["data"]
+    model, state, shards, tokenizer, device = load_for_sampling(cfg)
+    train_cfg = state["config"]
     k = int(train_cfg["chunk_size"])
-    shards = str(cfg.shards or data["shards"])
-    manifest = read_manifest(shards)
-    if int(manifest["tokenizer"]["codebook_size"]) != model.codebook_size:
-        raise ConfigError(
-            f"checkpoint codebook_size={model.codebook_size} differs from the shards' "
-            f"{manifest['tokenizer']['codebook_size']} ({shards})"
-        )
-    tokenizer = load_shard_tokenizer(shards)
     num_frames = int(cfg.extrapolation) * k
     scfg = sampler_config(cfg, k, train_cfg["method"]["scheduler"])
     scfg.validate(num_frames)

@@ -24,7 +24,7 @@ from experiments.config import ConfigError, flatten, load_config, to_container
 
 log = logging.getLogger("experiments.sample")
 
-__all__ = ["main", "sampler_config", "pick_device", "generate_videos"]
+__all__ = ["main", "sampler_config", "pick_device", "generate_videos", "load_for_sampling"]
 
 SAMPLER_KEYS = (
     "sampler",
@@ -53,6 +53,34 @@ def sampler_config(cfg: DictConfig, chunk_size: int, scheduler: str):
 
     kwargs = {k: cfg[k] for k in SAMPLER_KEYS if k in cfg}
     return SamplerConfig(chunk_size=int(chunk_size), scheduler=scheduler, **kwargs)
+
+
+def load_for_sampling(cfg: DictConfig):
+    """Load what sampling needs: the checkpoint's backbone (EMA weights unless ``use_ema=false``) on
+    ``cfg.device``, the token shards (``cfg.shards`` or the ones it trained on) and their tokenizer.
+
+    Returns:
+        ``(model, state, shards, tokenizer, device)``; ``state`` is the checkpoint dict.
+
+    Raises:
+        ConfigError: no ``checkpoint=``, or the checkpoint's ``codebook_size`` differs from the shards'.
+        FileNotFoundError: no checkpoint or no manifest at the given paths.
+    """
+    from experiments.checkpoint import load_backbone
+    from pipeline.readers import load_shard_tokenizer, read_manifest
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint= is required (a training checkpoint directory or checkpoint.pt)")
+    device = pick_device(str(cfg.device))
+    model, state = load_backbone(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=device)
+    shards = str(cfg.shards or state["data"]["shards"])
+    shard_k = int(read_manifest(shards)["tokenizer"]["codebook_size"])
+    if shard_k != model.codebook_size:
+        raise ConfigError(
+            f"checkpoint codebook_size={model.codebook_size} differs from the shards' codebook_size={shard_k} "
+            f"({shards}); sample with the shards the model was trained on"
+        )
+    return model, state, shards, load_shard_tokenizer(shards), device
 
 
 def _context_clips(shards: str, split: str, num_frames: int, n_context: int, num_videos: int, seed: int):
@@ -106,26 +134,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             setting outside its range (named, with the allowed range).
     """
     from experiments import tracking
-    from experiments.checkpoint import load_backbone
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.sampling import expected_nfe
-    from pipeline.readers import load_shard_tokenizer, read_manifest
 
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint= is required (a training checkpoint directory or checkpoint.pt)")
-    device = pick_device(str(cfg.device))
-    model, state = load_backbone(cfg.checkpoint, use_ema=bool(cfg.use_ema), device=device)
-    train_cfg, data = state["config"], state["data"]
+    model, state, shards, tokenizer, device = load_for_sampling(cfg)
+    train_cfg = state["config"]
     chunk_size = int(train_cfg["chunk_size"])
-    shards = str(cfg.shards or data["shards"])
-    manifest = read_manifest(shards)
-    shard_k = int(manifest["tokenizer"]["codebook_size"])
-    if shard_k != model.codebook_size:
-        raise ConfigError(
-            f"checkpoint codebook_size={model.codebook_size} differs from the shards' codebook_size={shard_k} "
-            f"({shards}); sample with the shards the model was trained on"
-        )
-    tokenizer = load_shard_tokenizer(shards)
 
     num_frames = int(cfg.num_frames or int(cfg.extrapolation) * chunk_size)
     scfg = sampler_config(cfg, chunk_size, train_cfg["method"]["scheduler"])

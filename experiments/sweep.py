@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import ConfigError, flatten, load_config, to_container
+from experiments.config import ConfigError, load_config, to_container
 
 log = logging.getLogger("experiments.sweep")
 
