@@ -333,6 +333,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     tracking.log_metrics(client, mlf["run_id"], metrics, step=step)
                 report(metrics, with_checkpoint=do_ckpt)
                 t_log, tokens_since, window = time.perf_counter(), 0, []
+            every = int(cfg.loop.sample_every or 0)
+            if rank == 0 and (last or (every and step % every == 0)):
+                _log_sample_video(_unwrap(model), ema, cfg, data, mlf, client, step)
             if last:
                 break
         if batches == 0:
@@ -343,6 +346,46 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch += 1
     if rank == 0 and cfg.mlflow.system_metrics:
         _stop_system_metrics()
+
+
+def _log_sample_video(model, ema, cfg: DictConfig, data: dict[str, Any], mlf: dict[str, Any], client, step: int) -> None:
+    """Rank 0: sample a 2x-chunk video from held-out context with the EMA weights and log it (MP4 + GIF).
+
+    A failure here is logged as a warning and a ``sample_error`` tag, never replaced by a fake video and
+    never fatal to training.
+    """
+    from experiments import tracking
+    from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
+    from maskflow.sampling import SamplerConfig, generate
+    from pipeline.readers import load_eval_clips, load_shard_tokenizer
+
+    k = int(cfg.chunk_size)
+    m = max(1, min(int(cfg.method.max_context_frames) or 2, k - 1))
+    try:
+        clips = load_eval_clips(data["shards"], num_frames=2 * k, num_clips=1, seed=0, split="eval")
+        if not clips:
+            log.info("no held-out segment of %d frames: no sample video at step %d", 2 * k, step)
+            return
+        tokenizer = load_shard_tokenizer(data["shards"])
+        device = next(model.parameters()).device
+        scfg = SamplerConfig(sampler="mgm", sampling_steps=int(cfg.loop.sample_sampling_steps), chunk_size=k,
+                             n_context_frames=m, scheduler=str(cfg.method.scheduler))
+        was_training = model.training
+        model.eval()
+        with ema.swapped(model), torch.inference_mode():
+            context = clips[0].tokens[:m].unsqueeze(0).long().to(device)
+            res = generate(model, context, 2 * k, scfg, generator=torch.Generator(device=device).manual_seed(step))
+        model.train(was_training)
+        fake = tokenizer.decode(res.tokens[0].cpu()).numpy()
+        real = tokenizer.decode(clips[0].tokens.long()).numpy()
+        both = upscale(side_by_side(mark_context(real, m), mark_context(fake, m)), max(1, 128 // fake.shape[1]))
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in (write_mp4(both, f"{tmp}/step_{step:07d}.mp4"), write_gif(both, f"{tmp}/step_{step:07d}.gif")):
+                tracking.log_artifact(client, mlf["run_id"], path, artifact_path="samples")
+        tracking.log_metrics(client, mlf["run_id"], {"sample_nfe": res.nfe}, step=step)
+    except Exception as exc:  # a sample is a view on training, not part of it
+        log.warning("sample video at step %d failed: %s", step, exc)
+        tracking.set_tags(client, mlf["run_id"], {"sample_error": f"step {step}: {type(exc).__name__}: {exc}"[:4000]})
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:

@@ -37,6 +37,7 @@ def _train_cfg(shards: Path, name: str, **kw) -> list[str]:
         "loop.batch_size_per_worker": 2, "loop.log_every": 1, "loop.checkpoint_every": 2,
         "loop.min_steps_per_epoch": 3, "run.storage_path": shards.parent / "ray_results",
         "mlflow.system_metrics": False, "optim.lr": 1e-3, "mlflow.experiment": "test-train",
+        "loop.sample_sampling_steps": 2,
     }
     words.update(kw)
     return [f"{k}={v}" for k, v in words.items()]
@@ -62,8 +63,12 @@ def test_train_checkpoints_and_resumes_exactly(shards):
     s2 = _state(second["checkpoint"])
     assert second["resumed"] and second["mlflow_run_id"] == first["mlflow_run_id"]
     assert s2["step"] == 6 and {int(v["step"]) for v in s2["optimizer"]["state"].values()} == {6}
-    steps = [m.step for m in tracking.get_client().get_metric_history(first["mlflow_run_id"], "loss")]
+    client = tracking.get_client()
+    steps = [m.step for m in client.get_metric_history(first["mlflow_run_id"], "loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6], "a resumed job logs the steps it has not logged yet"
+    videos = sorted(a.path for a in client.list_artifacts(first["mlflow_run_id"], "samples"))
+    assert videos == ["samples/step_0000004.gif", "samples/step_0000004.mp4", "samples/step_0000006.gif",
+                      "samples/step_0000006.mp4"], videos
 
 
 def test_injected_worker_failure_recovers_from_checkpoint(shards):
