@@ -13,7 +13,7 @@ count written frames over the decode→write wall time (the pipeline's ``manifes
 Inputs: the N sample videos, and 4N = every video four times under different names (symlinks in a
 temporary directory, never copies in the repo). Memory: the peak of the summed PSS (proportional set
 size: shared pages split between the processes that map them, so Ray's object store is counted once)
-of the driver and all its descendants (raylet, workers, decoder children), sampled every 0.25 s;
+of the driver and all its descendants (raylet, workers, decoder children), sampled every 0.5 s;
 for the plain loop, its peak RSS. Prints a table and writes ``bench_tokenize.json`` into ``--out``.
 """
 
@@ -86,7 +86,7 @@ def run_plain(inputs: str, tokenizer_dir: str, resolution: int, max_seg: int) ->
 class PeakPSS:
     """Samples the summed PSS of this process and all its descendants in a thread."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.5):
         import psutil
 
         self.psutil, self.interval = psutil, interval
@@ -175,7 +175,11 @@ def main() -> None:
     try:
         sets = make_sets(Path(args.videos), work / "inputs", args.copies)
         tok_dir = fit_tokenizer(Path(args.videos), work / "tokenizer", args.resolution, args.codebook)
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        # a shared, busy 2-core box can stall the raylet for seconds: be patient before declaring it dead
+        ray.init(
+            num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+            _system_config={"health_check_failure_threshold": 30, "health_check_timeout_ms": 30000},
+        )  # fmt: skip
         ray.data.DataContext.get_current().enable_progress_bars = False
 
         def ray_job(inputs: Path, out: Path, fused: bool = False) -> dict:
