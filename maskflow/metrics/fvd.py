@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from maskflow.metrics.video import _as_video
 
 from .frechet import GaussianStats, frechet_distance
 from .i3d import load_i3d, load_torchscript_detector
@@ -74,11 +75,8 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 
 def _as_videos(x: Any, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    if t.dtype != torch.uint8:
-        raise ValueError(f"{name} must be uint8 in [0, 255], got dtype {t.dtype}")
-    if t.ndim != 5 or t.shape[-1] != 3:
-        raise ValueError(f"{name} must be [N, T, H, W, 3] (RGB), got shape {tuple(t.shape)}")
+    """:func:`maskflow.metrics.video._as_video`, also refusing empty frames (``H`` or ``W`` = 0)."""
+    t = _as_video(x, name)
     if min(t.shape) == 0:
         raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
     return t
