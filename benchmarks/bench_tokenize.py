@@ -10,6 +10,11 @@ Parquet shards. The plain loop runs in its own process without Ray (``DecodeStag
 Ray with ``--cpus`` CPUs, after one warm-up job (worker processes started, torch imported). Frames/s
 count written frames over the decode→write wall time (the pipeline's ``manifest.run.pipeline_s``).
 
+The plain loop runs twice: as is (decord's decoder pipelines FFmpeg in threads of its own, so one
+"single" process already keeps ~1.2-1.5 of the 2 cores busy) and pinned to one CPU (``1core``: the
+single-core baseline). CPU seconds per 1000 frames (summed over every process involved) show what
+Ray's scheduling, serialisation and object store add on top of the work itself.
+
 Inputs: the N sample videos, and 4N = every video four times under different names (symlinks in a
 temporary directory, never copies in the repo). Memory: the peak of the summed PSS (proportional set
 size: shared pages split between the processes that map them, so Ray's object store is counted once)
@@ -38,9 +43,17 @@ VIDEO_EXT = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 
 # ------------------------------------------------------------------------------ the plain loop
-def plain_loop(inputs: str, tokenizer_dir: str, out_dir: str, resolution: int, max_frames_per_segment: int) -> dict:
-    """Decode, tokenize and write every video of ``inputs`` in this process, one after the other."""
+def plain_loop(inputs: str, tokenizer_dir: str, out_dir: str, resolution: int, max_frames_per_segment: int,
+               one_core: bool = False) -> dict:
+    """Decode, tokenize and write every video of ``inputs`` in this process, one after the other.
+
+    ``one_core`` pins the process to one CPU first: decord's decoder runs FFmpeg in threads of its own
+    (and torch has intra-op threads), so an unpinned "single process" already uses ~1.2-1.5 cores.
+    """
     import resource
+
+    if one_core:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
     import pyarrow as pa
 
@@ -51,7 +64,7 @@ def plain_loop(inputs: str, tokenizer_dir: str, out_dir: str, resolution: int, m
 
     items = discover_videos(inputs)
     decode = DecodeStage(DecodeConfig(resolution=resolution, max_frames_per_segment=max_frames_per_segment), isolate=False)
-    tokenize = TokenizeStage(tokenizer_dir, batch_size=64)  # set up before the clock starts (imports torch)
+    tokenize = TokenizeStage(tokenizer_dir, batch_size=64, num_threads=1 if one_core else None)  # set up before the clock starts (imports torch)
     writer = ShardWriter(out_dir, codebook_size=tokenize.tokenizer.codebook_size)
     u0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0 = u0.ru_utime + u0.ru_stime
@@ -74,25 +87,33 @@ def plain_loop(inputs: str, tokenizer_dir: str, out_dir: str, resolution: int, m
             "cpu_s": cpu}  # fmt: skip  (CPU seconds of the loop: decode + tokenize + write)
 
 
-def run_plain(inputs: str, tokenizer_dir: str, resolution: int, max_seg: int) -> dict:
+def run_plain(inputs: str, tokenizer_dir: str, resolution: int, max_seg: int, one_core: bool = False) -> dict:
     """:func:`plain_loop` in a fresh process (no Ray imported there; its own peak RSS)."""
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as out:
-        cmd = [sys.executable, __file__, "--plain", inputs, tokenizer_dir, out, str(resolution), str(max_seg)]
+        cmd = [sys.executable, __file__, "--plain", inputs, tokenizer_dir, out, str(resolution), str(max_seg), str(int(one_core))]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), check=True)
         return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------------------ memory sampling
-class PeakPSS:
-    """Samples the summed PSS of this process and all its descendants in a thread."""
+class ProcessTreeMonitor:
+    """Samples, in a thread, the summed PSS of this process and all its descendants (peak, MiB) and
+    the CPU seconds they spend while the monitor runs (per process: last CPU time seen minus the one
+    at the start; processes that appear and exit between two samples are missed)."""
 
     def __init__(self, interval: float = 0.5):
         import psutil
 
         self.psutil, self.interval = psutil, interval
         self.peak = 0.0
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(v - self._cpu_start.get(pid, 0.0) for pid, v in self._cpu_last.items())
 
     def sample(self) -> float:
         me = self.psutil.Process()
@@ -100,9 +121,16 @@ class PeakPSS:
         for p in [me, *me.children(recursive=True)]:
             try:
                 total += p.memory_full_info().pss
+                t = p.cpu_times()
+                cpu = t.user + t.system
             except (self.psutil.Error, AttributeError):
-                pass
+                continue
+            self._cpu_last[p.pid] = cpu
         return total / 2**20
+
+    def start_cpu(self) -> None:
+        self.sample()
+        self._cpu_start = dict(self._cpu_last)
 
     def _run(self):
         while not self._stop.is_set():
@@ -110,6 +138,7 @@ class PeakPSS:
             self._stop.wait(self.interval)
 
     def __enter__(self):
+        self.start_cpu()
         self._thread.start()
         return self
 
@@ -158,11 +187,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best is reported")
     ap.add_argument("--copies", type=int, default=1, help="N = the sample videos this many times")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_tokenize"))
-    ap.add_argument("--plain", nargs=5, metavar=("INPUTS", "TOKENIZER", "OUT", "RES", "MAXSEG"), help=argparse.SUPPRESS)
+    ap.add_argument("--plain", nargs=6, metavar=("INPUTS", "TOKENIZER", "OUT", "RES", "MAXSEG", "ONECORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain:
-        inputs, tok, out, res, max_seg = args.plain
-        print(json.dumps(plain_loop(inputs, tok, out, int(res), int(max_seg))))
+        inputs, tok, out, res, max_seg, one_core = args.plain
+        print(json.dumps(plain_loop(inputs, tok, out, int(res), int(max_seg), one_core=one_core == "1")))
         return
 
     logging.basicConfig(level=logging.WARNING)
@@ -190,11 +219,11 @@ def main() -> None:
                 "tokenizer": {"kind": "patch_kmeans", "path": tok_dir}, "eval_fraction": 0.0,
                 "tokenize_in_decode_tasks": fused,
             }  # fmt: skip
-            with PeakPSS() as mem:
+            with ProcessTreeMonitor() as mon:
                 m = run_tokenize_job(cfg)
             r = m["run"]
             return {"frames": r["frames"], "seconds": r["pipeline_s"], "frames_per_s": r["frames"] / r["pipeline_s"],
-                    "job_wall_s": r["wall_s"], "peak_mb": mem.peak}  # fmt: skip
+                    "job_wall_s": r["wall_s"], "peak_mb": mon.peak, "cpu_s": mon.cpu_s}  # fmt: skip
 
         warm = work / "warm"
         warm.mkdir()
@@ -202,17 +231,22 @@ def main() -> None:
             (warm / f.name).symlink_to(f.resolve())
         ray_job(warm, work / "out-warm")
         ray_job(warm, work / "out-warm", fused=True)
-        idle = PeakPSS().sample()
+        idle = ProcessTreeMonitor().sample()
         results["ray_idle_pss_mb"] = idle
         for label in ("N", "4N"):
-            runs = {"plain": [], "ray": [], "ray_fused": []}
+            runs = {"plain": [], "plain_1core": [], "ray": [], "ray_fused": []}
             for _ in range(args.repeats):  # interleaved, so all see the same machine load
                 runs["plain"].append(run_plain(str(sets[label]), tok_dir, args.resolution, args.max_frames_per_segment))
+                runs["plain_1core"].append(
+                    run_plain(str(sets[label]), tok_dir, args.resolution, args.max_frames_per_segment, one_core=True)
+                )
                 runs["ray"].append(ray_job(sets[label], work / f"out-{label}"))
                 runs["ray_fused"].append(ray_job(sets[label], work / f"out-{label}", fused=True))
             best = {k: max(v, key=lambda r: r["frames_per_s"]) for k, v in runs.items()}
             best["ratio"] = best["ray"]["frames_per_s"] / best["plain"]["frames_per_s"]
             best["ratio_fused"] = best["ray_fused"]["frames_per_s"] / best["plain"]["frames_per_s"]
+            best["ratio_1core"] = best["ray"]["frames_per_s"] / best["plain_1core"]["frames_per_s"]
+            best["ratio_fused_1core"] = best["ray_fused"]["frames_per_s"] / best["plain_1core"]["frames_per_s"]
             best["videos"] = len(list(sets[label].iterdir()))
             best["all"] = runs
             results["runs"][label] = best
@@ -228,15 +262,19 @@ def main() -> None:
     (out / "bench_tokenize.json").write_text(json.dumps(results, indent=2))
     print(f"\ndecode + tokenize + write, {args.resolution} px, K={args.codebook}, {args.cpus} CPUs "
           f"(load average at the end: {results.get('load_average', ['?'])[0]})")  # fmt: skip
-    print("ray = Ray Data, tokenizer actor pool (default); fused = tokenize_in_decode_tasks=true")
-    print(f"{'videos':>8} {'frames':>7} | {'frames/s: plain':>15} {'ray':>7} {'fused':>7} | {'ratio ray':>9} {'fused':>6} | "
-          f"{'peak MiB: plain RSS':>19} {'ray PSS':>8} {'fused':>6}")  # fmt: skip
+    print("plain = one process (decord's decoder threads may use a 2nd core); 1core = the same pinned to one CPU;")
+    print("ray = Ray Data with a tokenizer actor pool (default); fused = tokenize_in_decode_tasks=true")
+    print(f"{'videos':>8} {'frames':>7} | {'frames/s: plain':>15} {'1core':>6} {'ray':>6} {'fused':>6} | "
+          f"{'ray/plain':>9} {'ray/1core':>9} {'fused/1core':>11} | {'CPU s per 1k frames: plain':>26} {'1core':>5} "
+          f"{'ray':>5} {'fused':>5} | {'peak MiB: plain':>15} {'ray':>5} {'fused':>5}")  # fmt: skip
     for label, r in results["runs"].items():
-        p, a, f = r["plain"], r["ray"], r["ray_fused"]
+        p, p1, a, f = r["plain"], r["plain_1core"], r["ray"], r["ray_fused"]
+        k = [1000 * x["cpu_s"] / x["frames"] for x in (p, p1, a, f)]
         print(
-            f"{label + ' = ' + str(r['videos']):>8} {a['frames']:>7} | {p['frames_per_s']:>15.1f} {a['frames_per_s']:>7.1f} "
-            f"{f['frames_per_s']:>7.1f} | {r['ratio']:>8.2f}x {r['ratio_fused']:>5.2f}x | {p['peak_mb']:>19.0f} "
-            f"{a['peak_mb']:>8.0f} {f['peak_mb']:>6.0f}"
+            f"{label + ' = ' + str(r['videos']):>8} {a['frames']:>7} | {p['frames_per_s']:>15.0f} {p1['frames_per_s']:>6.0f} "
+            f"{a['frames_per_s']:>6.0f} {f['frames_per_s']:>6.0f} | {r['ratio']:>8.2f}x {r['ratio_1core']:>8.2f}x "
+            f"{r['ratio_fused_1core']:>10.2f}x | {k[0]:>26.2f} {k[1]:>5.2f} {k[2]:>5.2f} {k[3]:>5.2f} | "
+            f"{p['peak_mb']:>15.0f} {a['peak_mb']:>5.0f} {f['peak_mb']:>5.0f}"
         )
     print(f"Ray processes idle (after warm-up): {results['ray_idle_pss_mb']:.0f} MiB PSS; results in {out / 'bench_tokenize.json'}")
 

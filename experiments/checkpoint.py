@@ -1,5 +1,9 @@
 """Training checkpoints: one ``checkpoint.pt`` per Ray Train checkpoint directory.
 
+Every loader takes a local path or a URI that pyarrow opens (``s3://``, ``gs://``, ``file://``), and
+either a checkpoint directory, the ``checkpoint.pt`` file itself, or a Ray Train run directory
+(``<storage_path>/<run_name>``), in which case the latest ``checkpoint_*`` directory is used.
+
 Contents (all plain tensors/containers, so ``torch.load(..., weights_only=True)`` opens it):
 ``model`` and ``ema`` state dicts (un-wrapped from DDP), ``optimizer``, ``lr_schedule``, ``scaler``,
 ``step``, ``epoch``, ``rng`` (torch CPU/CUDA generator states), ``config`` (the full resolved training
@@ -9,27 +13,55 @@ tokenizer id and directory of the shards), ``mlflow_run_id``.
 
 from __future__ import annotations
 
+import io
+import logging
+import posixpath
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 __all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "checkpoint_file", "load_backbone"]
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """``path`` if it is a file, else ``path/checkpoint.pt``.
+def checkpoint_file(path: str | Path) -> str:
+    """The ``checkpoint.pt`` that ``path`` names, as a local path or URI.
+
+    Args:
+        path: the file itself, a checkpoint directory holding it, or a Ray Train run directory whose
+            ``checkpoint_*`` subdirectories hold it (the last one in name order wins: Ray Train names
+            them by creation time, so that is the latest). Local path or pyarrow URI.
 
     Raises:
-        FileNotFoundError: if neither exists (names the path).
+        FileNotFoundError: nothing there, or a directory without any checkpoint (names the path).
+        ValueError: a URI scheme pyarrow cannot open.
     """
-    p = Path(path)
-    f = p / CHECKPOINT_FILE if p.is_dir() else p
-    if not f.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p} (expected a directory holding {CHECKPOINT_FILE} or the file)")
-    return f
+    from pipeline.fs import resolve
+
+    loc = resolve(path)
+    if not loc.is_dir():
+        if loc.exists():
+            return loc.uri()
+        raise FileNotFoundError(f"no checkpoint at {path}: nothing exists there")
+    if loc.join(CHECKPOINT_FILE).exists():
+        return loc.join(CHECKPOINT_FILE).uri()
+    from pyarrow import fs as pafs
+
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=True))
+    runs = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and posixpath.basename(i.path).startswith("checkpoint_"))
+    for d in reversed(runs):
+        candidate = loc.join(posixpath.basename(d), CHECKPOINT_FILE)
+        if candidate.exists():
+            log.info("latest checkpoint of run directory %s: %s", path, candidate.uri())
+            return candidate.uri()
+    raise FileNotFoundError(
+        f"no checkpoint at {path}: expected {CHECKPOINT_FILE}, a directory holding it, or a Ray Train run "
+        f"directory with checkpoint_*/{CHECKPOINT_FILE} ({len(runs)} checkpoint_* directories, none complete)"
+    )
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
@@ -43,12 +75,32 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no pickled code runs)."""
-    return torch.load(checkpoint_file(path), map_location=map_location, weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` (no pickled code runs).
+
+    Args:
+        path: see :func:`checkpoint_file` (local or URI; file, checkpoint directory or run directory).
+        map_location: where tensors go (``"cpu"`` by default).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+    """
+    from pipeline.fs import read_bytes, resolve
+
+    loc = resolve(checkpoint_file(path))
+    if loc.is_local:
+        return torch.load(loc.path, map_location=map_location, weights_only=True)
+    log.info("reading checkpoint %s", loc.uri())
+    return torch.load(io.BytesIO(read_bytes(loc)), map_location=map_location, weights_only=True)
 
 
 def load_backbone(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):
     """Rebuild the backbone of a checkpoint with its EMA (default) or raw weights, in eval mode.
+
+    Args:
+        path: a checkpoint file, checkpoint directory or Ray Train run directory (latest checkpoint),
+            local or a pyarrow URI (``s3://bucket/ray_results/ffs-xl2``); see :func:`checkpoint_file`.
+        use_ema: load the EMA weights (the ones the paper samples with) instead of the raw ones.
+        device: where the model goes.
 
     Returns:
         ``(model, state)``: the :class:`maskflow.models.MaskFlowTransformer` on ``device`` and the

@@ -25,7 +25,12 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(
+            num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+            # a 2-core CI box running Ray Train, Ray Data and a second Ray head at once can stall the raylet
+            # for seconds: be patient before declaring the node dead (the default gives up after ~15 s)
+            _system_config={"health_check_failure_threshold": 30, "health_check_timeout_ms": 30000},
+        )
     yield ray
     ray.shutdown()
 
@@ -36,3 +41,23 @@ def mlflow_uri(tmp_path_factory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     return uri
+
+
+@pytest.fixture(scope="session")
+def token_shards(tmp_path_factory, ray_session, mlflow_uri) -> Path:
+    """A tiny tokenized dataset made by ``experiments.tokenize``: 6 sprite videos of 24 frames at 32 px,
+    patch-k-means K=32 (4x4 tokens), about a third of the videos held out as the eval split."""
+    from experiments import tokenize
+    from experiments.config import load_config
+    from experiments.synthetic import write_sprite_videos
+
+    root = tmp_path_factory.mktemp("tokens")
+    write_sprite_videos(root / "videos", num_videos=6, num_frames=24, size=32)
+    cfg = load_config(
+        "tokenize",
+        [f"inputs={root / 'videos'}", f"output_dir={root / 'tokens'}", "resolution=32", "tokenizer.codebook_size=32",
+         "min_frames=8", "eval_fraction=0.34", "tokenizer.fit_frames=64", "psnr_frames=8"],
+    )
+    manifest = tokenize.main(cfg)
+    assert manifest["counts"]["videos_ok"] == 6 and manifest["splits"]["eval"]["videos"] >= 1
+    return root / "tokens"

@@ -15,20 +15,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_session, mlflow_uri) -> Path:
-    from experiments import tokenize
-    from experiments.synthetic import write_sprite_videos
-
-    root = tmp_path_factory.mktemp("exp")
-    write_sprite_videos(root / "videos", num_videos=6, num_frames=24, size=32)
-    cfg = load_config(
-        "tokenize",
-        [f"inputs={root / 'videos'}", f"output_dir={root / 'tokens'}", "resolution=32", "tokenizer.codebook_size=32",
-         "min_frames=8", "eval_fraction=0.34", "tokenizer.fit_frames=64", "psnr_frames=8"],
-    )
-    manifest = tokenize.main(cfg)
-    assert manifest["counts"]["videos_ok"] == 6 and manifest["splits"]["eval"]["videos"] >= 1
-    return root / "tokens"
+def shards(token_shards) -> Path:
+    return token_shards
 
 
 def _train_cfg(shards: Path, name: str, **kw) -> list[str]:
@@ -127,16 +115,17 @@ def test_sample_keeps_context_and_counts_nfe(checkpoint, tmp_path):
         sample.main(load_config("sample", [f"checkpoint={checkpoint}", f"out_dir={tmp_path}", "stride=7"]))
 
 
-def test_sweep_records_a_failing_trial_and_reports(checkpoint, tmp_path):
+def test_sweep_records_a_failing_trial_reports_and_resumes(checkpoint, tmp_path):
     import mlflow
 
     from experiments import sweep, tracking
 
-    out = sweep.main(load_config("sweep", [
+    words = [
         f"checkpoint={checkpoint}", "name=t-sweep", f"storage_path={tmp_path}",
         "grid=[{sampler: mgm, sampling_steps: [2]}]", "extrapolation=[1]", "seed=[0, 1]",
         "fail_trial=1", "max_concurrent_trials=1", "eval.num_videos=2", "eval.batch_size=2",
-    ]))
+    ]
+    out = sweep.main(load_config("sweep", words))
     assert out["trials"] == 2 and len(out["errors"]) == 1
     client = tracking.get_client()
     parent = client.get_run(out["parent_run_id"])
@@ -150,3 +139,11 @@ def test_sweep_records_a_failing_trial_and_reports(checkpoint, tmp_path):
     assert "Table 1 layout" in text and "| mgm | 1 | 2 |" in text
     assert [a.path for a in client.list_artifacts(out["parent_run_id"], "report")] == [
         "report/quality_vs_nfe.png", "report/report.md"]
+
+    # the same command again restores the Tune experiment: finished (and failed) trials are not rerun,
+    # the MLflow parent run is reused and no child run is added
+    again = sweep.main(load_config("sweep", words))
+    assert again["parent_run_id"] == out["parent_run_id"] and len(again["errors"]) == 1
+    children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    assert len(children) == 2

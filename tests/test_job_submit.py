@@ -33,6 +33,7 @@ RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 180
+TRAIN_TIMEOUT_S = 420
 
 
 def _dashboard_dependency_error() -> str | None:
@@ -74,6 +75,10 @@ class LocalHead:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    def stop(self) -> None:
+        """Stop the head and everything it started (idempotent)."""
+        _stop(self.process, self.temp_dir)
+
 
 def _head_env(token: str) -> dict[str, str]:
     """The caller's environment minus anything that points at another Ray, plus this head's token."""
@@ -112,8 +117,9 @@ def _stop(process: subprocess.Popen, temp_dir: Path) -> None:
     psutil.wait_procs(leftovers, timeout=10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_head(request):
+    """One throwaway head for this module's tests (2 logical CPUs: a 2-worker Ray Train job fits)."""
     # short temp dir: Ray's unix socket paths must stay under ~107 characters
     temp_dir = Path(tempfile.mkdtemp(prefix="mfhead", dir="/tmp"))
     token = secrets.token_hex(32)
@@ -125,7 +131,7 @@ def local_head(request):
     dashboard_port = ports["--dashboard-port"]
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
-           "--num-cpus", "1", "--num-gpus", "0", "--temp-dir", str(temp_dir),
+           "--num-cpus", "2", "--num-gpus", "0", "--temp-dir", str(temp_dir),
            "--min-worker-port", "0", "--max-worker-port", "0"]  # 0 = any free port, no clash with other Rays
     for flag, port in ports.items():
         cmd += [flag, str(port)]
@@ -157,7 +163,7 @@ def local_head(request):
             time.sleep(0.5)
         yield head
     finally:
-        _stop(process, temp_dir)
+        head.stop()
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -232,8 +238,51 @@ def test_ray_job_submit_to_a_local_head(local_head, tmp_path, request):
 
 
 @pytest.mark.ray
-def test_session_ray_still_works_after_the_head_is_gone(ray_session):
-    """Runs after the test above (file order): stopping the throwaway head left the session Ray alone."""
+@pytest.mark.slow
+def test_ray_job_submit_trains_as_the_readme_says(local_head, token_shards, tmp_path):
+    """experiments.train submitted with the README's command (``--working-dir . --runtime-env-json``
+    carrying the MLflow URI) runs Ray Train with 2 workers on the head, checkpoints, and logs to MLflow."""
+    import json
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from experiments import tracking
+    from experiments.checkpoint import load_checkpoint
+
+    client = JobSubmissionClient(local_head.address, headers=local_head.headers)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}})
+    storage = tmp_path / "ray_results"
+    submission_id = f"maskflow-train-{secrets.token_hex(4)}"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", local_head.address, "--submission-id", submission_id,
+           "--no-wait", "--working-dir", ".", "--runtime-env-json", runtime_env, "--",
+           "python", "-m", "experiments.train", f"shards={token_shards}", "run_name=submitted", "scaling.num_workers=2",
+           "model.size=tiny", "chunk_size=8", "loop.max_steps=4", "loop.batch_size_per_worker=2", "loop.log_every=2",
+           "loop.checkpoint_every=2", "loop.min_steps_per_epoch=2", "loop.sample_sampling_steps=2",
+           f"run.storage_path={storage}", "mlflow.system_metrics=false", "mlflow.experiment=submitted"]
+    submitted = subprocess.run(cmd, cwd=REPO, env=local_head.env, capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-3000:]
+
+    status = _wait(client, submission_id, TRAIN_TIMEOUT_S)
+    logs = client.get_job_logs(submission_id)
+    assert status == JobStatus.SUCCEEDED, logs[-4000:]
+
+    state = load_checkpoint(storage / "submitted")  # the run directory: its latest checkpoint
+    assert state["step"] == 4 and state["config"]["scaling"]["num_workers"] == 2
+    mlflow_client = tracking.get_client(uri)
+    experiment = mlflow_client.get_experiment_by_name("submitted")
+    assert experiment is not None, f"the job did not log to {uri}:\n{logs[-3000:]}"
+    (run,) = mlflow_client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["ray_run_name"] == "submitted"
+    assert run.data.tags["checkpoint_location"] == f"{storage}/submitted"
+    assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "loss")] == [2, 4]
+
+
+@pytest.mark.ray
+def test_session_ray_still_works_after_the_head_is_gone(local_head, ray_session):
+    """Stopping the throwaway head leaves the session Ray of this process alone."""
+    local_head.stop()
+    assert local_head.process.poll() is not None
 
     @ray_session.remote
     def add(a: int, b: int) -> int:
