@@ -1,25 +1,37 @@
 """Decode + tokenize throughput: the Ray Data pipeline on all cores vs a plain single-process loop.
 
-    .venv/bin/python benchmarks/bench_tokenize.py                       # sample videos, N and 4N, 64 px
+    .venv/bin/python benchmarks/bench_tokenize.py                       # sample videos x2 (N) and x8 (4N), 64 px
     .venv/bin/python benchmarks/bench_tokenize.py --videos DIR --resolution 256 --codebook 1024 --repeats 2
 
-Both ways do the same work on the same files with the same saved tokenizer (patch k-means, fitted once
-before timing): decode (decord, sequential, resize + centre crop), cut into segments, tokenize, write
-Parquet shards. The plain loop runs in its own process without Ray (``DecodeStage(isolate=False)`` +
-``TokenizeStage`` + ``ShardWriter``); the pipeline is :func:`pipeline.job.run_tokenize_job` on a local
-Ray with ``--cpus`` CPUs, after one warm-up job (worker processes started, torch imported). Frames/s
-count written frames over the decode→write wall time (the pipeline's ``manifest.run.pipeline_s``).
+Every way does the same work on the same files with the same saved tokenizer (patch k-means, fitted
+once before timing): decode (decord, sequential, resize + centre crop), cut into segments, tokenize,
+write Parquet shards.
 
-The plain loop runs twice: as is (decord's decoder pipelines FFmpeg in threads of its own, so one
-"single" process already keeps ~1.2-1.5 of the 2 cores busy) and pinned to one CPU (``1core``: the
-single-core baseline). CPU seconds per 1000 frames (summed over every process involved) show what
-Ray's scheduling, serialisation and object store add on top of the work itself.
+* ``1core``: the plain loop (``DecodeStage(isolate=False)`` + ``TokenizeStage`` + ``ShardWriter``, no
+  Ray) in its own process, pinned to one CPU with one torch thread: the single-core baseline.
+* ``plain``: the same loop unpinned, with torch's default intra-op threads (which put part of the
+  tokenizer on the second core: a "single process" that is not quite single-core).
+* ``per-core``: one pinned ``1core`` loop per CPU, all at once, each over all the videos (frames/s
+  summed): perfectly independent parallel work, the ceiling of any parallel pipeline on this machine
+  (its cores share caches and memory bandwidth, and on a VM the host: the 2-core VM here gives 1.8x).
+* ``ray``: :func:`pipeline.job.run_tokenize_job` with its defaults on a local Ray with ``--cpus`` CPUs;
+  with no GPU that is decode tasks that tokenize their own segments (``tokenize_in_decode_tasks=auto``).
+* ``actors``: the same job with decode tasks feeding a tokenizer actor (``tokenize_in_decode_tasks=false``,
+  the GPU layout) run on the CPU, for comparison.
 
-Inputs: the N sample videos, and 4N = every video four times under different names (symlinks in a
+Ray runs one small warm-up job per mode first (its idle worker processes started, as on a cluster).
+Frames/s count written frames over the time from the first frame decoded to the last one written
+(``manifest.run.pipeline_s - startup_s`` for Ray); the start-up before it (imports, tokenizer load; for
+Ray also its workers/actors starting) is printed beside, and the end-to-end ratio includes it.
+Runs are interleaved (every mode once, then again) so all see the same machine load; the table gives
+the best of ``--repeats`` and, in brackets, the median. CPU seconds per 1000 frames (summed over every
+process involved) show what Ray's scheduling, serialisation and object store add to the work itself.
+
+Inputs: N = the sample videos ``--copies`` times, 4N = four times that (symlinks under other names in a
 temporary directory, never copies in the repo). Memory: the peak of the summed PSS (proportional set
 size: shared pages split between the processes that map them, so Ray's object store is counted once)
-of the driver and all its descendants (raylet, workers, decoder children), sampled every 0.5 s;
-for the plain loop, its peak RSS. Prints a table and writes ``bench_tokenize.json`` into ``--out``.
+of the driver and all its descendants (raylet, workers, decoder children), sampled every 0.5 s; for
+the plain loops, their peak RSS. Prints a table and writes ``bench_tokenize.json`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -44,16 +56,18 @@ VIDEO_EXT = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
 # ------------------------------------------------------------------------------ the plain loop
 def plain_loop(inputs: str, tokenizer_dir: str, out_dir: str, resolution: int, max_frames_per_segment: int,
-               one_core: bool = False) -> dict:
+               core: int | None = None) -> dict:
     """Decode, tokenize and write every video of ``inputs`` in this process, one after the other.
 
-    ``one_core`` pins the process to one CPU first: decord's decoder runs FFmpeg in threads of its own
-    (and torch has intra-op threads), so an unpinned "single process" already uses ~1.2-1.5 cores.
+    ``core`` pins the process to that CPU first, with one torch thread; ``None`` leaves it unpinned with
+    torch's default intra-op threads (so an unpinned "single process" uses part of a second core).
     """
     import resource
 
+    t_setup = time.perf_counter()
+    one_core = core is not None
     if one_core:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+        os.sched_setaffinity(0, {core})
 
     import pyarrow as pa
 
@@ -83,28 +97,56 @@ def plain_loop(inputs: str, tokenizer_dir: str, out_dir: str, resolution: int, m
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = usage.ru_maxrss / 1024.0  # KiB -> MiB on Linux
     cpu = usage.ru_utime + usage.ru_stime - cpu0
+    setup_s = t0 - t_setup  # imports (torch, pyarrow, decord) and loading the tokenizer
     return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds, "peak_mb": peak, "videos": len(items),
-            "cpu_s": cpu}  # fmt: skip  (CPU seconds of the loop: decode + tokenize + write)
+            "cpu_s": cpu, "startup_s": setup_s, "e2e_frames_per_s": frames / (setup_s + seconds)}  # fmt: skip
 
 
-def run_plain(inputs: str, tokenizer_dir: str, resolution: int, max_seg: int, one_core: bool = False) -> dict:
-    """:func:`plain_loop` in a fresh process (no Ray imported there; its own peak RSS)."""
+def _start_plain(inputs: str, tokenizer_dir: str, out: str, resolution: int, max_seg: int, core: int | None):
+    cmd = [sys.executable, __file__, "--plain", inputs, tokenizer_dir, out, str(resolution), str(max_seg), str(-1 if core is None else core)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+
+
+def _result(proc) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"plain loop failed ({proc.returncode}): {err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_plain(inputs: str, tokenizer_dir: str, resolution: int, max_seg: int, core: int | None = None) -> dict:
+    """:func:`plain_loop` in a fresh process (no Ray started there; its own peak RSS)."""
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as out:
-        cmd = [sys.executable, __file__, "--plain", inputs, tokenizer_dir, out, str(resolution), str(max_seg), str(int(one_core))]
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), check=True)
-        return json.loads(res.stdout.strip().splitlines()[-1])
+        return _result(_start_plain(inputs, tokenizer_dir, out, resolution, max_seg, core))
+
+
+def run_plain_per_core(inputs: str, tokenizer_dir: str, resolution: int, max_seg: int, cores: list[int]) -> dict:
+    """One pinned :func:`plain_loop` per core, all at once, each over the whole input: what perfectly
+    independent parallel work reaches on this machine (the ceiling of any parallel pipeline; cores
+    share caches, memory bandwidth and, on a VM, the host). Frames/s are summed."""
+    with tempfile.TemporaryDirectory(prefix="bench-percore-") as out:
+        procs = [_start_plain(inputs, tokenizer_dir, f"{out}/{c}", resolution, max_seg, c) for c in cores]
+        rs = [_result(p) for p in procs]
+    frames = sum(r["frames"] for r in rs)
+    return {"frames": frames, "frames_per_s": sum(r["frames_per_s"] for r in rs), "cpu_s": sum(r["cpu_s"] for r in rs),
+            "seconds": max(r["seconds"] for r in rs), "startup_s": max(r["startup_s"] for r in rs),
+            "e2e_frames_per_s": sum(r["e2e_frames_per_s"] for r in rs), "peak_mb": sum(r["peak_mb"] for r in rs)}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ memory sampling
 class ProcessTreeMonitor:
-    """Samples, in a thread, the summed PSS of this process and all its descendants (peak, MiB) and
-    the CPU seconds they spend while the monitor runs (per process: last CPU time seen minus the one
-    at the start; processes that appear and exit between two samples are missed)."""
+    """Samples, in a thread, the CPU seconds this process and all its descendants spend while the
+    monitor runs (per process: last CPU time seen minus the one at the start; processes that appear
+    and exit between two samples are missed) and, with ``memory=True``, their summed PSS (peak, MiB).
 
-    def __init__(self, interval: float = 0.5):
+    Reading PSS walks every process's page tables (~3 ms of CPU per Ray process, ~10 % of a core at
+    two samples a second): timed runs sample CPU times only, and memory is measured in runs of its own.
+    """
+
+    def __init__(self, interval: float = 0.5, memory: bool = False):
         import psutil
 
-        self.psutil, self.interval = psutil, interval
+        self.psutil, self.interval, self.memory = psutil, interval, memory
         self.peak = 0.0
         self._cpu_start: dict[int, float] = {}
         self._cpu_last: dict[int, float] = {}
@@ -115,12 +157,15 @@ class ProcessTreeMonitor:
     def cpu_s(self) -> float:
         return sum(v - self._cpu_start.get(pid, 0.0) for pid, v in self._cpu_last.items())
 
-    def sample(self) -> float:
+    def sample(self, memory: bool | None = None) -> float:
+        """Record CPU times; returns the summed PSS in MiB (0 unless measuring memory)."""
+        memory = self.memory if memory is None else memory
         me = self.psutil.Process()
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try:
-                total += p.memory_full_info().pss
+                if memory:
+                    total += p.memory_full_info().pss
                 t = p.cpu_times()
                 cpu = t.user + t.system
             except (self.psutil.Error, AttributeError):
@@ -177,6 +222,14 @@ def fit_tokenizer(videos: Path, out: Path, resolution: int, codebook: int) -> st
     return str(out)
 
 
+MODES = ("plain", "plain_1core", "per_core", "ray", "ray_actors")
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", default=str(REPO.parent / "shared" / "data" / "videos"))
@@ -184,14 +237,14 @@ def main() -> None:
     ap.add_argument("--codebook", type=int, default=256)
     ap.add_argument("--max-frames-per-segment", type=int, default=64)
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
-    ap.add_argument("--repeats", type=int, default=2, help="runs per measurement; the best is reported")
-    ap.add_argument("--copies", type=int, default=1, help="N = the sample videos this many times")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per measurement, interleaved; best and median are reported")
+    ap.add_argument("--copies", type=int, default=2, help="N = the sample videos this many times (4N: four times that)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "bench_tokenize"))
-    ap.add_argument("--plain", nargs=6, metavar=("INPUTS", "TOKENIZER", "OUT", "RES", "MAXSEG", "ONECORE"), help=argparse.SUPPRESS)
+    ap.add_argument("--plain", nargs=6, metavar=("INPUTS", "TOKENIZER", "OUT", "RES", "MAXSEG", "CORE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain:
-        inputs, tok, out, res, max_seg, one_core = args.plain
-        print(json.dumps(plain_loop(inputs, tok, out, int(res), int(max_seg), one_core=one_core == "1")))
+        inputs, tok, out, res, max_seg, core = args.plain
+        print(json.dumps(plain_loop(inputs, tok, out, int(res), int(max_seg), core=None if int(core) < 0 else int(core))))
         return
 
     logging.basicConfig(level=logging.WARNING)
@@ -211,45 +264,63 @@ def main() -> None:
         )  # fmt: skip
         ray.data.DataContext.get_current().enable_progress_bars = False
 
-        def ray_job(inputs: Path, out: Path, fused: bool = False) -> dict:
+        def ray_job(inputs: Path, out: Path, actors: bool = False, memory: bool = False) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             cfg = {
                 "inputs": str(inputs), "output_dir": str(out), "resolution": args.resolution,
                 "max_frames_per_segment": args.max_frames_per_segment, "psnr_frames": 0,
                 "tokenizer": {"kind": "patch_kmeans", "path": tok_dir}, "eval_fraction": 0.0,
-                "tokenize_in_decode_tasks": fused,
+                "tokenize_in_decode_tasks": False if actors else "auto",
             }  # fmt: skip
-            with ProcessTreeMonitor() as mon:
+            with ProcessTreeMonitor(memory=memory) as mon:
                 m = run_tokenize_job(cfg)
             r = m["run"]
-            return {"frames": r["frames"], "seconds": r["pipeline_s"], "frames_per_s": r["frames"] / r["pipeline_s"],
-                    "job_wall_s": r["wall_s"], "peak_mb": mon.peak, "cpu_s": mon.cpu_s}  # fmt: skip
+            steady = r["pipeline_s"] - r["startup_s"]
+            return {"frames": r["frames"], "seconds": steady, "frames_per_s": r["frames"] / steady,
+                    "startup_s": r["startup_s"], "e2e_frames_per_s": r["frames"] / r["pipeline_s"],
+                    "job_wall_s": r["wall_s"], "peak_mb": mon.peak, "cpu_s": mon.cpu_s,
+                    "tokenize_in_decode_tasks": r["settings"]["tokenize_in_decode_tasks"]}  # fmt: skip
 
+        cores = sorted(os.sched_getaffinity(0))[: args.cpus]
+
+        def run(mode: str, label: str) -> dict:
+            if mode == "per_core":
+                return run_plain_per_core(str(sets[label]), tok_dir, args.resolution, args.max_frames_per_segment, cores)
+            if mode.startswith("plain"):
+                core = cores[0] if mode == "plain_1core" else None
+                return run_plain(str(sets[label]), tok_dir, args.resolution, args.max_frames_per_segment, core=core)
+            return ray_job(sets[label], work / f"out-{label}", actors=mode == "ray_actors")
+
+        # warm-up, like the plain loop's set-up before its clock: Ray's worker processes started, torch
+        # imported and the tokenizer cached in them (the actor pool starts a fresh actor every job anyway)
         warm = work / "warm"
         warm.mkdir()
-        for f in sorted(sets["N"].iterdir())[:2]:
+        for f in sorted(sets["N"].iterdir())[:4]:
             (warm / f.name).symlink_to(f.resolve())
+        ray_job(warm, work / "out-warm", actors=True)
         ray_job(warm, work / "out-warm")
-        ray_job(warm, work / "out-warm", fused=True)
-        idle = ProcessTreeMonitor().sample()
-        results["ray_idle_pss_mb"] = idle
+        results["ray_idle_pss_mb"] = ProcessTreeMonitor().sample(memory=True)
         for label in ("N", "4N"):
-            runs = {"plain": [], "plain_1core": [], "ray": [], "ray_fused": []}
-            for _ in range(args.repeats):  # interleaved, so all see the same machine load
-                runs["plain"].append(run_plain(str(sets[label]), tok_dir, args.resolution, args.max_frames_per_segment))
-                runs["plain_1core"].append(
-                    run_plain(str(sets[label]), tok_dir, args.resolution, args.max_frames_per_segment, one_core=True)
-                )
-                runs["ray"].append(ray_job(sets[label], work / f"out-{label}"))
-                runs["ray_fused"].append(ray_job(sets[label], work / f"out-{label}", fused=True))
-            best = {k: max(v, key=lambda r: r["frames_per_s"]) for k, v in runs.items()}
-            best["ratio"] = best["ray"]["frames_per_s"] / best["plain"]["frames_per_s"]
-            best["ratio_fused"] = best["ray_fused"]["frames_per_s"] / best["plain"]["frames_per_s"]
-            best["ratio_1core"] = best["ray"]["frames_per_s"] / best["plain_1core"]["frames_per_s"]
-            best["ratio_fused_1core"] = best["ray_fused"]["frames_per_s"] / best["plain_1core"]["frames_per_s"]
-            best["videos"] = len(list(sets[label].iterdir()))
-            best["all"] = runs
-            results["runs"][label] = best
+            runs: dict[str, list] = {m: [] for m in MODES}
+            for _ in range(args.repeats):  # interleaved, so all modes see the same machine load
+                for mode in MODES:
+                    runs[mode].append(run(mode, label))
+            summary: dict = {"videos": len(list(sets[label].iterdir())), "all": runs}
+            for mode, rs in runs.items():
+                best = max(rs, key=lambda r: r["frames_per_s"])
+                summary[mode] = dict(best, median_frames_per_s=_median([r["frames_per_s"] for r in rs]),
+                                     e2e_frames_per_s=max(r["e2e_frames_per_s"] for r in rs))  # fmt: skip
+                if not mode.startswith("ray"):
+                    summary[mode]["peak_mb"] = max(r["peak_mb"] for r in rs)  # the loops' own peak RSS
+            for mode in ("ray", "ray_actors"):  # memory: one more run each, PSS sampled (not timed)
+                summary[mode]["peak_mb"] = ray_job(sets[label], work / f"out-{label}", actors=mode == "ray_actors", memory=True)["peak_mb"]
+            for mode in ("ray", "ray_actors", "per_core"):
+                for base in ("plain_1core", "plain", "per_core"):
+                    key = f"{mode}/{base}"
+                    summary[key] = summary[mode]["frames_per_s"] / summary[base]["frames_per_s"]
+                    summary[key + " (median)"] = summary[mode]["median_frames_per_s"] / summary[base]["median_frames_per_s"]
+                    summary[key + " (end to end)"] = summary[mode]["e2e_frames_per_s"] / summary[base]["e2e_frames_per_s"]
+            results["runs"][label] = summary
         try:
             results["load_average"] = os.getloadavg()
         except OSError:
@@ -260,21 +331,29 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_tokenize.json").write_text(json.dumps(results, indent=2))
-    print(f"\ndecode + tokenize + write, {args.resolution} px, K={args.codebook}, {args.cpus} CPUs "
-          f"(load average at the end: {results.get('load_average', ['?'])[0]})")  # fmt: skip
-    print("plain = one process (decord's decoder threads may use a 2nd core); 1core = the same pinned to one CPU;")
-    print("ray = Ray Data with a tokenizer actor pool (default); fused = tokenize_in_decode_tasks=true")
-    print(f"{'videos':>8} {'frames':>7} | {'frames/s: plain':>15} {'1core':>6} {'ray':>6} {'fused':>6} | "
-          f"{'ray/plain':>9} {'ray/1core':>9} {'fused/1core':>11} | {'CPU s per 1k frames: plain':>26} {'1core':>5} "
-          f"{'ray':>5} {'fused':>5} | {'peak MiB: plain':>15} {'ray':>5} {'fused':>5}")  # fmt: skip
+    print(f"\ndecode + tokenize + write, {args.resolution} px, K={args.codebook}, {args.cpus} CPUs, best of {args.repeats} "
+          f"(median in brackets); load average at the end: {results.get('load_average', ['?'])[0]:.2f}")  # fmt: skip
+    print("1core = one process pinned to one CPU (the single-core loop); plain = the same unpinned (torch's intra-op")
+    print("threads may use the 2nd core); per-core = one pinned loop per CPU at once, each over all the videos (the")
+    print("ceiling of any parallel pipeline here); ray = Ray Data, the default (no GPU: decode tasks that also")
+    print("tokenize); actors = decode tasks feeding a tokenizer actor (the GPU layout, tokenize_in_decode_tasks=false).")
+    print("frames/s: from the first frame to the last write. start-up = imports + tokenizer load (loops), or Ray Data")
+    print("starting its tasks on workers (after the warm-up they have torch and the tokenizer); end to end includes it.")
+    print(f"{'videos':>8} {'frames':>7} | {'frames/s: 1core':>15} {'plain':>6} {'per-core':>8} {'ray':>6} {'actors':>6} | "
+          f"{'ray/1core':>15} {'ray/plain':>15} {'ray/per-core':>12} {'per-core/1core':>14} {'actors/1core':>12} | "
+          f"{'start-up s: 1core':>17} {'ray':>5} | {'end to end: ray/1core':>21} | {'CPU s/1k frames: 1core':>22} "
+          f"{'ray':>5} {'actors':>6} | {'peak MiB: 1core':>15} {'ray':>5} {'actors':>6}")  # fmt: skip
     for label, r in results["runs"].items():
-        p, p1, a, f = r["plain"], r["plain_1core"], r["ray"], r["ray_fused"]
-        k = [1000 * x["cpu_s"] / x["frames"] for x in (p, p1, a, f)]
+        p1, p, pc, a, f = r["plain_1core"], r["plain"], r["per_core"], r["ray"], r["ray_actors"]
+        k = [1000 * x["cpu_s"] / x["frames"] for x in (p1, a, f)]
+        ratio = lambda key: f"{r[key]:.2f}x ({r[key + ' (median)']:.2f}x)"  # noqa: E731
         print(
-            f"{label + ' = ' + str(r['videos']):>8} {a['frames']:>7} | {p['frames_per_s']:>15.0f} {p1['frames_per_s']:>6.0f} "
-            f"{a['frames_per_s']:>6.0f} {f['frames_per_s']:>6.0f} | {r['ratio']:>8.2f}x {r['ratio_1core']:>8.2f}x "
-            f"{r['ratio_fused_1core']:>10.2f}x | {k[0]:>26.2f} {k[1]:>5.2f} {k[2]:>5.2f} {k[3]:>5.2f} | "
-            f"{p['peak_mb']:>15.0f} {a['peak_mb']:>5.0f} {f['peak_mb']:>5.0f}"
+            f"{label + ' = ' + str(r['videos']):>8} {a['frames']:>7} | {p1['frames_per_s']:>15.0f} {p['frames_per_s']:>6.0f} "
+            f"{pc['frames_per_s']:>8.0f} {a['frames_per_s']:>6.0f} {f['frames_per_s']:>6.0f} | {ratio('ray/plain_1core'):>15} "
+            f"{ratio('ray/plain'):>15} {r['ray/per_core']:>11.2f}x {r['per_core/plain_1core']:>13.2f}x "
+            f"{r['ray_actors/plain_1core']:>11.2f}x | {p1['startup_s']:>17.1f} {a['startup_s']:>5.1f} | "
+            f"{r['ray/plain_1core (end to end)']:>20.2f}x | {k[0]:>22.2f} {k[1]:>5.2f} {k[2]:>6.2f} | "
+            f"{p1['peak_mb']:>15.0f} {a['peak_mb']:>5.0f} {f['peak_mb']:>6.0f}"
         )
     print(f"Ray processes idle (after warm-up): {results['ray_idle_pss_mb']:.0f} MiB PSS; results in {out / 'bench_tokenize.json'}")
 

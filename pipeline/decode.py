@@ -965,36 +965,22 @@ def get_stage(cfg: DecodeConfig) -> DecodeStage:
     return stage
 
 
-_TOKENIZE_STAGES: dict[tuple, Any] = {}
-
-
-def decode_batch(batch, config: dict[str, Any], tokenize: dict[str, Any] | None = None):
+def decode_batch(batch, config: dict[str, Any]):
     """Ray Data ``map_batches`` UDF (``batch_format="pyarrow"``): video items in, decoded tables out.
 
     A generator: yields one table per segment (and one per video record) so frames stream downstream
     without holding whole videos. The :class:`DecodeStage` (and its decoder child process) is cached per
-    Ray worker process and reused by every task that lands there.
+    Ray worker process and reused by every task that lands there. (With no GPU the job decodes and
+    tokenizes in one step instead: :func:`pipeline.tokenize.decode_tokenize_batch`.)
 
     Args:
         batch: ``pyarrow.Table`` of :class:`~pipeline.discover.VideoItem` rows.
         config: :class:`DecodeConfig` fields.
-        tokenize: keyword arguments of :class:`pipeline.tokenize.TokenizeStage` to tokenize right here
-            (the job's ``tokenize_in_decode_tasks`` mode for CPU-only runs: no actor, no object-store trip
-            for frames; the stage is cached per worker process). ``None``: yield decoded frames.
     """
     stage = get_stage(DecodeConfig.from_dict(config))
-    tok = None
-    if tokenize is not None:
-        key = tuple(sorted(tokenize.items()))
-        tok = _TOKENIZE_STAGES.get(key)
-        if tok is None:
-            from pipeline.tokenize import TokenizeStage
-
-            tok = _TOKENIZE_STAGES[key] = TokenizeStage(**tokenize)
     for item in batch.to_pylist():
         for row in stage.process(item):
-            table = rows_to_table([row])
-            yield table if tok is None else tok.process(table)
+            yield rows_to_table([row])
 
 
 if __name__ == "__main__":  # the decoder child process

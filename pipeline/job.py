@@ -8,6 +8,11 @@ It only wires the plain stages of this package together with Ray Data::
       .map_batches(TokenizeStage, compute=ActorPoolStrategy(size=N), num_gpus=…, batch_size=4)
       .write_datasink(TokenShardDatasink(output_dir, …))         # ShardWriter: part-*.parquet + _videos/*.jsonl
 
+With no GPU (``tokenize_in_decode_tasks=auto``, the default, and ``num_gpus_per_actor=0``) the two
+map steps are one instead: ``map_batches(decode_tokenize_batch, num_cpus=…)``, decode tasks that
+tokenize their own segments with a :class:`~pipeline.tokenize.DecodeTokenizeStage` cached in each
+worker process (see :func:`tokenize_in_decode_tasks`).
+
 Before that it scans ``output_dir`` (:mod:`pipeline.manifest`): videos already done are skipped,
 traces of interrupted videos are removed, and a tokenizer or decode setting that differs from the
 one the existing shards were made with is refused before any work. After it, it rescans, measures
@@ -48,10 +53,10 @@ from pipeline.manifest import (
     write_job_settings,
     write_manifest,
 )
-from pipeline.tokenize import TokenizeStage, load_tokenizer_any, localize_dir
+from pipeline.tokenize import TokenizeStage, decode_tokenize_batch, load_tokenizer_any, localize_dir
 from pipeline.writer import TokenShardDatasink, shard_schema
 
-__all__ = ["DEFAULTS", "normalize_config", "run_tokenize_job", "prepare_tokenizer", "measure_psnr"]
+__all__ = ["DEFAULTS", "normalize_config", "run_tokenize_job", "prepare_tokenizer", "measure_psnr", "tokenize_in_decode_tasks"]
 
 log = logging.getLogger("pipeline.job")
 
@@ -84,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
     "decoder": "decord",
     "decode_timeout_s": 120.0,
     "decode_num_cpus": 1.0,
-    "tokenize_in_decode_tasks": False,
+    "tokenize_in_decode_tasks": "auto",
     "rows_per_shard": 256,
     "row_group_mb": 32.0,
     "psnr_frames": 64,
@@ -149,7 +154,12 @@ def normalize_config(config: Any) -> dict[str, Any]:
     for key in ("num_gpus_per_actor", "decode_num_cpus"):
         if float(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
-    if cfg["tokenize_in_decode_tasks"] and float(cfg["num_gpus_per_actor"]) > 0:
+    fused = cfg["tokenize_in_decode_tasks"]
+    if isinstance(fused, str) and fused.lower() in ("auto", "true", "false"):
+        fused = cfg["tokenize_in_decode_tasks"] = {"auto": "auto", "true": True, "false": False}[fused.lower()]
+    if fused not in ("auto", True, False):
+        raise ValueError(f"tokenize_in_decode_tasks must be auto, true or false, got {fused!r}")
+    if fused is True and float(cfg["num_gpus_per_actor"]) > 0:
         raise ValueError(
             "tokenize_in_decode_tasks=true is for CPU-only runs; with num_gpus_per_actor > 0 the tokenizer "
             "runs in the GPU actor pool (set tokenize_in_decode_tasks=false)"
@@ -467,21 +477,44 @@ def _actor_cpus(cfg: dict[str, Any]) -> float:
     return 1.0 if float(cfg["num_gpus_per_actor"]) > 0 else 0.0
 
 
-def _num_blocks(n_videos: int, cfg: dict[str, Any]) -> int:
-    """Videos are grouped into blocks (one decode task each): about 4 blocks per decode slot so the
-    slots stay busy to the end, but at least ~8 videos per task on big jobs (Ray schedules each task
-    in a few hundred ms; tasks of seconds amortise that), and at most 20,000 blocks."""
+def tokenize_in_decode_tasks(cfg: dict[str, Any]) -> bool:
+    """Whether a normalised job config tokenizes inside the decode tasks (``True``: one map step of
+    :func:`~pipeline.tokenize.decode_tokenize_batch`) or in a tokenizer actor pool fed by decode tasks
+    (``False``). ``auto`` picks the first when no GPU is asked for (``num_gpus_per_actor == 0``): on
+    CPUs a separate tokenizer actor only adds a trip of every frame through the object store, a process
+    that competes with the decoders for the same cores, and a fresh actor per job that imports torch
+    and loads the tokenizer (``benchmarks/bench_tokenize.py`` measures both; a pool of actors that
+    decode and tokenize was tried too and cost 50-80 % more CPU per frame on jobs of ~10k frames,
+    for the same reasons). With GPUs the actor pool puts one tokenizer on each GPU while decoding spreads over
+    every CPU of the cluster.
+    """
+    value = cfg["tokenize_in_decode_tasks"]
+    return float(cfg["num_gpus_per_actor"]) == 0 if value == "auto" else bool(value)
+
+
+def _decode_slots(cfg: dict[str, Any]) -> int:
+    """Decoders that run at once: the cluster's CPUs over ``decode_num_cpus`` (at least 1)."""
     import ray
 
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) / max(float(cfg["decode_num_cpus"]), 0.1)))
-    return max(1, min(n_videos, max(4 * slots, math.ceil(n_videos / 8)), 20_000))
+    return max(1, int(ray.cluster_resources().get("CPU", 1) / max(float(cfg["decode_num_cpus"]), 0.1)))
+
+
+def _num_blocks(n_videos: int, slots: int) -> int:
+    """Videos are grouped into blocks (one decode task each). Ray Data takes 0.1-0.2 s to get each task
+    running on a worker, so tasks should last seconds: 4 blocks per decode slot (balanced by the
+    round-robin order, so the slots finish together), more only on big jobs (at most ~64 videos per
+    task, so progress and retries stay fine-grained), and at most 20,000 blocks. Measured on 88 videos
+    and 2 CPUs: 8 blocks 1,745 frames/s (median of 3) against 1,325 with the former ~8 videos per task."""
+    return max(1, min(n_videos, max(4 * slots, math.ceil(n_videos / 64)), 20_000))
 
 
 def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok_dir: Location, codebook_size: int, run_id: str) -> None:
     import ray
 
     dcfg = decode_config(cfg)
-    n_blocks = _num_blocks(len(todo), cfg)
+    fused = tokenize_in_decode_tasks(cfg)
+    slots = _decode_slots(cfg)
+    n_blocks = _num_blocks(len(todo), slots)
     actor_cpus = _actor_cpus(cfg)
     stage_kwargs = {
         "tokenizer_dir": tok_dir.uri(),
@@ -489,20 +522,30 @@ def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok
         "precision": cfg["tokenizer"]["precision"],
         "num_threads": max(1, int(actor_cpus)),
     }
-    fused = bool(cfg["tokenize_in_decode_tasks"])
     # from_items cuts the list into n_blocks contiguous runs (the first len % n_blocks one longer); ordering
     # the (largest-first) videos round-robin makes block j = videos j, j + B, j + 2B, …: balanced blocks,
     # and the blocks with the largest videos are scheduled first
     ordered = [todo[i] for j in range(n_blocks) for i in range(j, len(todo), n_blocks)]
     ds = ray.data.from_items([it.to_dict() for it in ordered], override_num_blocks=n_blocks)
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs={"config": dataclasses.asdict(dcfg), "tokenize": dict(stage_kwargs, num_threads=1) if fused else None},
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=float(cfg["decode_num_cpus"]),
-    )
-    if not fused:
+    if fused:  # no GPU: every decode task tokenizes its own segments (DecodeTokenizeStage cached per worker)
+        ds = ds.map_batches(
+            decode_tokenize_batch,
+            fn_kwargs={
+                "decode_config": dataclasses.asdict(dcfg),
+                "tokenize": dict(stage_kwargs, num_threads=max(1, int(float(cfg["decode_num_cpus"])))),
+            },
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=float(cfg["decode_num_cpus"]),
+        )
+    else:  # decode tasks on every CPU feed the tokenizer actors (one per GPU on a cluster)
+        ds = ds.map_batches(
+            decode_batch,
+            fn_kwargs={"config": dataclasses.asdict(dcfg)},
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=float(cfg["decode_num_cpus"]),
+        )
         ds = ds.map_batches(
             TokenizeStage,
             fn_constructor_kwargs=stage_kwargs,
@@ -526,6 +569,17 @@ def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok
     with warnings.catch_warnings():  # "concurrency 4 but only N inputs" on small runs: expected, not a problem
         warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Write'")
         ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=_WRITE_CONCURRENCY)
+
+
+def _startup_s(state, videos: list[str], t0_epoch: float, pipe_s: float) -> float:
+    """Seconds from the start of the pipeline to the first video starting to decode: Ray Data planning,
+    worker processes starting, torch imported and the tokenizer loaded (a one-time cost per job)."""
+    starts = []
+    for v in videos:
+        rec = state.record(v) or {}
+        if rec.get("decode_end") is not None and rec.get("decode_s") is not None:
+            starts.append(float(rec["decode_end"]) - float(rec["decode_s"]))
+    return min(max(0.0, min(starts) - t0_epoch), pipe_s) if starts else 0.0
 
 
 def run_tokenize_job(config: Any) -> dict[str, Any]:
@@ -604,7 +658,7 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
 
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     log.info("tokenize: %d videos to do (%d already done) → %s with %s", len(todo), skipped, out.uri(), tok.tokenizer_id)
-    t_pipe = time.perf_counter()
+    t_pipe, t_pipe_epoch = time.perf_counter(), time.time()
     _run_pipeline(cfg, todo, out, tok_dir, tok.codebook_size, run_id)
     state = scan_output(out)
     # A worker killed mid-video (e.g. out of memory) and retried by Ray can leave a video half-written or
@@ -624,6 +678,7 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
     new = [v for v in done_after if v not in done_before]
     new_ok = [v for v in new if done_after[v] == "ok"]
     frames = sum(int(state.record(v)["frames"]) for v in new_ok)
+    startup_s = _startup_s(state, new, t_pipe_epoch, pipe_s)
     psnr = measure_psnr(out, state, tok, cfg, tok_dir)
     run = {
         "run_id": run_id,
@@ -637,15 +692,16 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
         "segments": sum(int(state.record(v)["segments"]) for v in new_ok),
         "frames": frames,
         "frames_per_s": round(frames / max(pipe_s, 1e-9), 2),
+        "startup_s": round(startup_s, 2),
+        "steady_frames_per_s": round(frames / max(pipe_s - startup_s, 1e-9), 2),
         "resumed": bool(skipped or repaired["videos_purged"]),
         "repaired": repaired,
         "tokenizer": how,
         "nothing_to_do": False,
         "settings": {
-            k: cfg[k]
-            for k in ("batch_size", "num_tokenizer_actors", "num_gpus_per_actor", "decode_num_cpus",
-                      "tokenize_in_decode_tasks", "rows_per_shard")
-        },  # fmt: skip
+            **{k: cfg[k] for k in ("batch_size", "num_tokenizer_actors", "num_gpus_per_actor", "decode_num_cpus", "rows_per_shard")},
+            "tokenize_in_decode_tasks": tokenize_in_decode_tasks(cfg),
+        },
     }
     manifest = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run=run, psnr=psnr, schema=schema)
     write_manifest(out, manifest)
@@ -653,9 +709,9 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
     psnr_txt = f", PSNR {manifest['reconstruction_psnr_db']:.2f} dB" if isinstance(manifest["reconstruction_psnr_db"], float) else ""
     log.info(
         "tokenize: %d/%d videos ok, %d failed, %d segments, %d frames; this run %d videos, %d frames in %.1f s "
-        "(%.1f frames/s) → %s [%s%s]",
+        "(%.1f frames/s; %.1f frames/s after %.1f s of start-up) → %s [%s%s]",
         c["videos_ok"], c["videos_found"], c["videos_failed"], c["segments"], c["frames"], len(new), frames,
-        pipe_s, run["frames_per_s"], out.uri(), tok.tokenizer_id, psnr_txt,
+        pipe_s, run["frames_per_s"], run["steady_frames_per_s"], startup_s, out.uri(), tok.tokenizer_id, psnr_txt,
     )  # fmt: skip
     for f in manifest["failures"]:
         log.info("  skipped %s: %s", f["source"], f["reason"])

@@ -12,13 +12,15 @@ runs under ``torch.autocast(dtype=bfloat16)`` unless ``precision="fp32"``. The R
 
     ds.map_batches(TokenizeStage, fn_constructor_kwargs={...}, batch_format="pyarrow", batch_size=4,
                    compute=ray.data.ActorPoolStrategy(size=N), num_gpus=g, num_cpus=c)
+
+With no GPU the job uses :class:`DecodeTokenizeStage` instead: decode tasks that tokenize their own segments.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +28,7 @@ import pyarrow.compute as pc
 
 from pipeline.writer import SHARD_COLUMNS, stream_schema, tokens_to_arrow
 
-__all__ = ["TokenizeStage", "load_tokenizer_any", "localize_dir", "tokenizer_kind", "pick_device"]
+__all__ = ["TokenizeStage", "DecodeTokenizeStage", "decode_tokenize_batch", "load_tokenizer_any", "localize_dir", "tokenizer_kind", "pick_device"]
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -245,6 +247,59 @@ class TokenizeStage:
         return pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema)
 
     __call__ = process
+
+
+class DecodeTokenizeStage:
+    """Decode and tokenize in one stage: the job's layout when no GPU is used.
+
+    One :class:`~pipeline.decode.DecodeStage` (with its decoder child process) and one
+    :class:`TokenizeStage` (the tokenizer loaded once). Frames never leave the process: only the codes
+    go downstream. Runs without Ray (``stage(table)``); in the job :func:`decode_tokenize_batch` keeps
+    one per Ray worker process, so every decode task that lands there reuses it.
+
+    Args:
+        decode_config: :class:`~pipeline.decode.DecodeConfig` fields (a dict, as Ray ships it).
+        tokenizer_dir, batch_size, precision, num_threads: as for :class:`TokenizeStage` (device: auto).
+
+    Raises:
+        ValueError: an invalid decode setting or tokenizer option.
+    """
+
+    def __init__(self, decode_config: dict[str, Any], tokenizer_dir: str, *, batch_size: int = 64,
+                 precision: str = "auto", num_threads: int | None = None):  # fmt: skip
+        from pipeline.decode import DecodeConfig, get_stage
+
+        self.decode = get_stage(DecodeConfig.from_dict(decode_config))
+        self.tokenize = TokenizeStage(tokenizer_dir, batch_size=batch_size, precision=precision, num_threads=num_threads)
+
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        """Video items (``pyarrow.Table`` of :class:`~pipeline.discover.VideoItem` rows) in; one stream
+        table (:func:`pipeline.writer.stream_schema`) per segment and per video record out, as each is
+        ready. Never raises for a bad video (see :meth:`pipeline.decode.DecodeStage.process`)."""
+        from pipeline.decode import rows_to_table
+
+        for item in batch.to_pylist():
+            for row in self.decode.process(item):
+                yield self.tokenize.process(rows_to_table([row]))
+
+
+_DECODE_TOKENIZE: dict[tuple, DecodeTokenizeStage] = {}
+
+
+def decode_tokenize_batch(batch: pa.Table, decode_config: dict[str, Any], tokenize: dict[str, Any]) -> Iterator[pa.Table]:
+    """Ray Data ``map_batches`` UDF (``batch_format="pyarrow"``): :class:`DecodeTokenizeStage` on
+    ``batch``, with the stage built once per worker process (per decode and tokenizer settings) and
+    reused by every task that lands there.
+
+    Args:
+        batch: video items. decode_config: :class:`~pipeline.decode.DecodeConfig` fields.
+        tokenize: keyword arguments of :class:`TokenizeStage` (``tokenizer_dir`` required).
+    """
+    key = (tuple(sorted(decode_config.items())), tuple(sorted(tokenize.items())))
+    stage = _DECODE_TOKENIZE.get(key)
+    if stage is None:
+        stage = _DECODE_TOKENIZE[key] = DecodeTokenizeStage(decode_config, **tokenize)
+    yield from stage(batch)
 
 
 def count_segments(table: pa.Table) -> int:

@@ -92,6 +92,12 @@ def test_good_videos_written_bad_ones_listed(job, sample_videos_dir, bad_dir):
     assert names == set(_video_names(sample_videos_dir)) - {"nwbwidgets_stub_mjpeg_3frames.avi"}
 
 
+def test_cpu_only_job_tokenizes_in_the_decode_tasks(job):
+    """``tokenize_in_decode_tasks=auto`` (the default) with no GPU resolves to the decode tasks."""
+    assert job["cfg"].get("tokenize_in_decode_tasks") is None  # the default was used
+    assert job["manifest"]["run"]["settings"]["tokenize_in_decode_tasks"] is True
+
+
 def test_rows_match_the_contract(job):
     files = shard_files(str(job["out"]))
     assert files and all(Path(f).name.startswith("part-") for f in files)
@@ -279,7 +285,7 @@ def test_file_list_inputs_and_subset_resume(job, sample_videos_dir, tmp_path):
 
 def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, tmp_path):
     """tokenizer.kind=diffusers_vq with a (tiny, random) diffusers VQModel directory as tokenizer.path,
-    tokenized inside the decode tasks (``tokenize_in_decode_tasks``, the CPU-only mode without actors)."""
+    tokenized by the actor pool (``tokenize_in_decode_tasks=false``: the GPU mode, here on CPU actors)."""
     from diffusers import VQModel
 
     from maskflow.tokenizers import load_tokenizer
@@ -291,7 +297,7 @@ def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, 
     ).save_pretrained(tmp_path / "vq")  # fmt: skip
     (tmp_path / "list.jsonl").write_text(json.dumps({"path": str(sample_videos_dir / CARPHONE)}) + "\n")
     out = tmp_path / "out"
-    cfg = job_config(str(tmp_path / "list.jsonl"), out, resolution=16, tokenize_in_decode_tasks=True,
+    cfg = job_config(str(tmp_path / "list.jsonl"), out, resolution=16, tokenize_in_decode_tasks=False,
                      tokenizer={"kind": "diffusers_vq", "path": str(tmp_path / "vq")})  # fmt: skip
     m = run_tokenize_job(cfg)
     tok = m["tokenizer"]
@@ -301,9 +307,11 @@ def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, 
     assert t.num_rows == 2 and t.column("token_shape").to_pylist() == [[64, 8, 8], [56, 8, 8]]
     assert set(t.column("tokenizer").to_pylist()) == {tok["tokenizer_id"]}
     assert m["psnr"]["frames"] == 16 and m["reconstruction_psnr_db"] is not None
-    assert m["run"]["settings"]["tokenize_in_decode_tasks"] is True
+    assert m["run"]["settings"]["tokenize_in_decode_tasks"] is False
     with pytest.raises(ValueError, match="tokenize_in_decode_tasks"):
-        run_tokenize_job(dict(cfg, num_gpus_per_actor=1))
+        run_tokenize_job(dict(cfg, tokenize_in_decode_tasks=True, num_gpus_per_actor=1))
+    with pytest.raises(ValueError, match="tokenize_in_decode_tasks must be auto, true or false"):
+        run_tokenize_job(dict(cfg, tokenize_in_decode_tasks="sometimes"))
 
 
 def test_kill_mid_run_then_rerun_finishes_exactly(job, sample_videos_dir, tmp_path):

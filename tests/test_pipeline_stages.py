@@ -427,6 +427,34 @@ def test_tokenize_stage_with_stub_tokenizer(tmp_path, sample_videos_dir):
             DecodeConfig(resolution=32), isolate=False).process({"video_id": "c", "source": str(sample_videos_dir / CARPHONE), "split": "t"}))))
 
 
+def test_decode_tokenize_stage_equals_the_two_stages(tmp_path, sample_videos_dir, broken):
+    """The no-GPU layout (decode and tokenize in one stage, no Ray) yields the same stream rows as
+    DecodeStage + TokenizeStage, one table per segment and per video record, and still reports a
+    bad file instead of raising."""
+    from pipeline.tokenize import DecodeTokenizeStage
+
+    tok = AvgPoolTokenizer(resolution=64, patch_size=8)
+    tok.save(tmp_path / "tok")
+    dcfg = {"resolution": 64, "max_frames_per_segment": 50, "min_frames": 8, "decode_timeout_s": 30.0}
+    fused = DecodeTokenizeStage(dcfg, str(tmp_path / "tok"), batch_size=16, num_threads=1)
+    items = pa.Table.from_pylist([
+        {"video_id": "car", "source": str(sample_videos_dir / CARPHONE), "split": "eval"},
+        {"video_id": "txt", "source": str(broken["text"]), "split": "train"},
+    ])  # fmt: skip
+    tables = list(fused(items))
+    assert [t.num_rows for t in tables] == [1] * 5  # 3 segments + a record, then the text file's record
+    got = pa.concat_tables(tables).to_pylist()
+    st = DecodeStage(DecodeConfig(**dcfg), isolate=False)
+    want = TokenizeStage(str(tmp_path / "tok"), batch_size=16).process(
+        rows_to_table(list(st.process({"video_id": "car", "source": str(sample_videos_dir / CARPHONE), "split": "eval"})))
+    ).to_pylist()
+    for g, w in zip(got[:4], want):
+        assert g["kind"] == w["kind"] and g["segment"] == w["segment"] and g["token_shape"] == w["token_shape"]
+        assert np.array_equal(row_tokens(g), row_tokens(w))
+    bad = json.loads(got[4]["record"])
+    assert got[4]["video_id"] == "txt" and bad["status"] == "failed" and "text" in bad["reason"]
+
+
 # ====================================================================================== training windows
 def test_iter_training_windows_shapes_and_determinism():
     rng = np.random.default_rng(0)
