@@ -6,7 +6,7 @@ either a checkpoint directory, the ``checkpoint.pt`` file itself, or a Ray Train
 
 Contents (all plain tensors/containers, so ``torch.load(..., weights_only=True)`` opens it):
 ``model`` and ``ema`` state dicts (un-wrapped from DDP), ``optimizer``, ``lr_schedule``, ``scaler``,
-``step``, ``epoch``, ``rng`` (torch CPU/CUDA generator states), ``config`` (the full resolved training
+``step``, ``epoch``, ``rng`` (rank 0's global torch CPU/CUDA generator states), ``config`` (the full resolved training
 config), ``backbone_config`` (constructor kwargs of the backbone), ``data`` (codebook size, token grid,
 tokenizer id and directory of the shards), ``mlflow_run_id``.
 """

@@ -254,6 +254,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, epoch = int(state["step"]), int(state["epoch"])
+        _set_rng_state(state.get("rng"), device)
         log.info("rank %d resumed from step %d", rank, step)
     elif cfg.init_checkpoint:
         state = load_checkpoint(cfg.init_checkpoint)
@@ -289,6 +290,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                         "step": step,
                         "epoch": epoch,
+                        "rng": _rng_state(device),
                         "config": to_container(cfg),
                         "backbone_config": backbone_config,
                         "data": data,
@@ -386,6 +388,26 @@ def _log_sample_video(model, ema, cfg: DictConfig, data: dict[str, Any], mlf: di
     except Exception as exc:  # a sample is a view on training, not part of it
         log.warning("sample video at step %d failed: %s", step, exc)
         tracking.set_tags(client, mlf["run_id"], {"sample_error": f"step {step}: {type(exc).__name__}: {exc}"[:4000]})
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    """The global torch generator states (CPU, and the device's on CUDA) as uint8 tensors.
+
+    The masking levels and masks of each step come from a generator seeded by ``(seed, rank, step)``
+    (:func:`_step_seed`), so a resumed run draws exactly what an uninterrupted one would; these states
+    cover anything else that uses the global generators (rank 0's, restored on every rank)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
+    if not state:  # checkpoints from before RNG states were saved
+        return
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _step_seed(seed: int, rank: int, step: int) -> int:

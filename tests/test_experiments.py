@@ -46,6 +46,7 @@ def test_train_checkpoints_and_resumes_exactly(shards):
     adam_steps = {int(v["step"]) for v in s1["optimizer"]["state"].values()}
     assert adam_steps == {4}
     assert s1["ema"]["num_updates"] == 4 and s1["config"]["run_name"] == "resume"
+    assert s1["rng"]["torch"].dtype == torch.uint8 and s1["rng"]["torch"].numel() > 0  # global generator state
     # the same command with the same run name continues: same MLflow run, step count and optimizer state go on
     second = train.main(load_config("train", _train_cfg(shards, "resume", **{"loop.max_steps": 6})))
     s2 = _state(second["checkpoint"])
