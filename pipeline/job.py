@@ -484,9 +484,13 @@ def tokenize_in_decode_tasks(cfg: dict[str, Any]) -> bool:
     CPUs a separate tokenizer actor only adds a trip of every frame through the object store, a process
     that competes with the decoders for the same cores, and a fresh actor per job that imports torch
     and loads the tokenizer (``benchmarks/bench_tokenize.py`` measures both; a pool of actors that
-    decode and tokenize was tried too and cost 50-80 % more CPU per frame on jobs of ~10k frames,
-    for the same reasons). With GPUs the actor pool puts one tokenizer on each GPU while decoding spreads over
-    every CPU of the cluster.
+    decode and tokenize was tried too and cost 50-100 % more CPU per frame on jobs of 14k-27k frames,
+    for the same reasons). With GPUs the actor pool puts one tokenizer on each GPU while decoding
+    spreads over every CPU of the cluster.
+
+    Args:
+        cfg: a config from :func:`normalize_config` (``tokenize_in_decode_tasks`` is ``"auto"``,
+            ``True`` or ``False`` there).
     """
     value = cfg["tokenize_in_decode_tasks"]
     return float(cfg["num_gpus_per_actor"]) == 0 if value == "auto" else bool(value)
@@ -576,7 +580,7 @@ def _startup_s(state, videos: list[str], t0_epoch: float, pipe_s: float) -> floa
     worker processes starting, torch imported and the tokenizer loaded (a one-time cost per job)."""
     starts = []
     for v in videos:
-        rec = state.record(v) or {}
+        rec = state.record(v)
         if rec.get("decode_end") is not None and rec.get("decode_s") is not None:
             starts.append(float(rec["decode_end"]) - float(rec["decode_s"]))
     return min(max(0.0, min(starts) - t0_epoch), pipe_s) if starts else 0.0

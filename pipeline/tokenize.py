@@ -273,9 +273,21 @@ class DecodeTokenizeStage:
         self.tokenize = TokenizeStage(tokenizer_dir, batch_size=batch_size, precision=precision, num_threads=num_threads)
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
-        """Video items (``pyarrow.Table`` of :class:`~pipeline.discover.VideoItem` rows) in; one stream
-        table (:func:`pipeline.writer.stream_schema`) per segment and per video record out, as each is
-        ready. Never raises for a bad video (see :meth:`pipeline.decode.DecodeStage.process`)."""
+        """Decode and tokenize every video of ``batch``.
+
+        Args:
+            batch: ``pyarrow.Table`` of :class:`~pipeline.discover.VideoItem` rows
+                (``video_id``, ``source``, ``split``).
+
+        Yields:
+            one-row ``pyarrow.Table`` s with :func:`pipeline.writer.stream_schema`, as each is ready: a
+            segment row per segment (``tokens`` uint16 ``[T, h, w]`` codes of ``T`` frames, ``h = w =
+            resolution / patch factor``), then the video's record row. A bad video gives only its
+            record (``status="failed"`` and the reason), never an exception.
+
+        Raises:
+            ValueError: decoded frames whose size differs from the tokenizer's resolution (a config error).
+        """
         from pipeline.decode import rows_to_table
 
         for item in batch.to_pylist():
@@ -292,8 +304,12 @@ def decode_tokenize_batch(batch: pa.Table, decode_config: dict[str, Any], tokeni
     reused by every task that lands there.
 
     Args:
-        batch: video items. decode_config: :class:`~pipeline.decode.DecodeConfig` fields.
-        tokenize: keyword arguments of :class:`TokenizeStage` (``tokenizer_dir`` required).
+        batch: ``pyarrow.Table`` of video items (see :meth:`DecodeTokenizeStage.__call__`).
+        decode_config: :class:`~pipeline.decode.DecodeConfig` fields.
+        tokenize: keyword arguments of :class:`DecodeTokenizeStage` (``tokenizer_dir`` required).
+
+    Yields:
+        what :meth:`DecodeTokenizeStage.__call__` yields.
     """
     key = (tuple(sorted(decode_config.items())), tuple(sorted(tokenize.items())))
     stage = _DECODE_TOKENIZE.get(key)

@@ -95,7 +95,12 @@ def test_good_videos_written_bad_ones_listed(job, sample_videos_dir, bad_dir):
 def test_cpu_only_job_tokenizes_in_the_decode_tasks(job):
     """``tokenize_in_decode_tasks=auto`` (the default) with no GPU resolves to the decode tasks."""
     assert job["cfg"].get("tokenize_in_decode_tasks") is None  # the default was used
-    assert job["manifest"]["run"]["settings"]["tokenize_in_decode_tasks"] is True
+    run = job["manifest"]["run"]
+    assert run["settings"]["tokenize_in_decode_tasks"] is True
+    # start-up (to the first video decoding) lies inside the pipeline time, and the rate after it is
+    # the same frames over the rest of that time
+    assert 0 < run["startup_s"] < run["pipeline_s"]
+    assert run["steady_frames_per_s"] == pytest.approx(run["frames"] / (run["pipeline_s"] - run["startup_s"]), rel=0.05)
 
 
 def test_rows_match_the_contract(job):
