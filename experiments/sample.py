@@ -7,6 +7,9 @@ The context is ``n_context_frames`` real frames from held-out videos of the toke
 split, never trained on); the rest is generated chunkwise (Algorithm 2). Writes, per video, the
 generated MP4 and GIF and a side-by-side ``[real | generated]`` comparison with the context frames
 framed in red, and logs NFE (counted), the A.2 formula's NFE, wall time and the videos to MLflow.
+When the held-out clips are long enough to hold the real continuation, the summary's ``quality`` scores
+it against the generated one next to the copy-last-frame baseline (token accuracy, PSNR/SSIM, and FVD
+with its N when ``fvd=true``; :func:`experiments.heldout.heldout_quality`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError, flatten, load_config, to_container
+from experiments.heldout import generate_videos
 
 log = logging.getLogger("experiments.sample")
 
@@ -101,29 +105,13 @@ def _context_clips(shards: str, split: str, num_frames: int, n_context: int, num
     )
 
 
-def generate_videos(model, tokenizer, context: torch.Tensor, num_frames: int, sampler_cfg, *, seed: int, progress: bool):
-    """Sample tokens chunkwise and decode them.
+def _fvd_extractor(cfg: DictConfig, device: torch.device):
+    """The FVD feature network of ``cfg.fvd`` (``None`` when off)."""
+    if not bool(cfg.get("fvd", False)):
+        return None
+    from maskflow.metrics import build_feature_extractor
 
-    Args:
-        model: the backbone (eval mode, on its device).
-        tokenizer: a :class:`maskflow.tokenizers.VQTokenizer` matching the model's codebook.
-        context: int64 ``[B, m, h, w]`` context tokens.
-        num_frames: ``L``, total frames including the context.
-        sampler_cfg: a validated :class:`maskflow.sampling.SamplerConfig`.
-
-    Returns:
-        ``(result, frames)``: the :class:`maskflow.sampling.SampleResult` and ``uint8 [B, L, H, W, 3]``.
-    """
-    from maskflow.sampling import generate
-
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with torch.inference_mode():
-        result = generate(model, context.to(device), num_frames, sampler_cfg, generator=gen, progress=progress)
-    tokens = result.tokens.cpu()
-    b, t = tokens.shape[:2]
-    frames = tokenizer.decode(tokens.flatten(0, 1)).reshape(b, t, *tokenizer.decode(tokens[:1, 0]).shape[1:])
-    return result, frames
+    return build_feature_extractor("i3d", None, device=device)
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
@@ -149,10 +137,20 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     context = torch.stack([c.tokens[:m] for c in clips]).long()
 
     t0 = time.perf_counter()
-    result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=int(cfg.seed), progress=True)
+    quality: dict[str, Any] = {}
+    if have_real and m >= 1:  # real continuations: score them next to the copy-last-frame baseline
+        from experiments.heldout import heldout_quality
+
+        held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
+                               batch_size=len(clips), fvd_extractor=_fvd_extractor(cfg, device), progress=True)
+        tokens, frames, nfe = held.fake_tokens, held.fake_frames, int(held.metrics["nfe"])
+        quality = {k: v for k, v in held.metrics.items() if not isinstance(v, list)}
+    else:
+        result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=int(cfg.seed), progress=True)
+        tokens, nfe = result.tokens.cpu(), int(result.nfe)
     wall = time.perf_counter() - t0
     context_frames = tokenizer.decode(context.flatten(0, 1)).reshape(len(clips), m, *frames.shape[2:])
-    context_exact = bool(torch.equal(frames[:, :m], context_frames)) and bool(torch.equal(result.tokens[:, :m].cpu(), context))
+    context_exact = bool(torch.equal(frames[:, :m], context_frames)) and bool(torch.equal(tokens[:, :m], context))
 
     out = Path(str(cfg.out_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -181,12 +179,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "num_frames": num_frames,
         "extrapolation": num_frames / chunk_size,
         "num_videos": len(clips),
-        "nfe": int(result.nfe),
+        "nfe": nfe,
         "expected_nfe": int(expected_nfe(scfg, num_frames)),
-        "num_chunks": int(getattr(result, "num_chunks", 0)),
         "wall_time_s": wall,
         "frames_per_s": len(clips) * (num_frames - m) / max(wall, 1e-9),
         "context_frames_exact": context_exact,
+        "quality": quality,
+        "split": str(state.get("data", {}).get("split", "video")),
         "videos": videos,
         "device": str(device),
     }
@@ -203,7 +202,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     tracking.log_metrics(
         client,
         run_id,
-        {k: summary[k] for k in ("nfe", "expected_nfe", "wall_time_s", "frames_per_s", "num_frames", "extrapolation")},
+        {
+            **{k: summary[k] for k in ("nfe", "expected_nfe", "wall_time_s", "frames_per_s", "num_frames", "extrapolation")},
+            **{f"heldout_{k}" if not k.startswith("copy_") else k: v for k, v in quality.items()
+               if isinstance(v, (int, float)) and k not in ("nfe", "wall_time_s")},
+        },
     )
     for entry in videos:
         for key in ("mp4", "gif", "comparison_gif"):

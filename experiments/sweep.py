@@ -8,7 +8,8 @@ The trial list is the product of every ``grid`` group (settings that only make s
 as MGM with 10/20/50 steps and FM with 250) with every ``axes`` list (``stride``, ``guidance_scale``,
 ``time_conditioning``, ``extrapolation``, ``seed``). ``search=grid`` runs them all; ``search=random``
 draws ``num_samples`` of them (seeded). Each trial runs :func:`experiments.evaluate.main` (the section
-4.1 protocol: N held-out videos, FVD when a feature network is configured, PSNR/SSIM, NFE, wall time)
+4.1 protocol: N held-out videos, FVD with its N and feature network (the bundled I3D unless
+``eval.fvd.enabled=false``; ``nan`` when ``L < 9`` frames), PSNR/SSIM, NFE, wall time)
 with ``resources_per_trial`` (fractions of a GPU allowed) and at most ``max_concurrent_trials`` at once.
 
 MLflow: the sweep is a parent run; every trial is a child run with the swept params, its metrics,

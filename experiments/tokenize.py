@@ -6,7 +6,10 @@
         tokenizer.path=/mnt/models/sd-vqgan-f8 num_tokenizer_actors=8 num_gpus_per_actor=1
 
 Settings: ``experiments/configs/tokenize.yaml``; the job itself is :func:`pipeline.job.run_tokenize_job`
-(see ``docs/pipeline.md`` for the shard format, the manifest and resuming).
+(see ``docs/pipeline.md`` for the shard format, the manifest, the held-out splits and resuming).
+``split=auto`` (the default) holds out whole videos with at least ``min_videos_for_video_split`` (32)
+input videos and each video's continuation (``temporal_eval_fraction`` of its frames) below that;
+``split=video`` / ``split=temporal`` force one.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """Run the tokenize job for a loaded ``tokenize`` config; returns the manifest (also in ``output_dir``).
 
     Raises:
-        ConfigError: a setting outside its allowed range, no input videos, or an ``output_dir`` holding
-            shards of another tokenizer / other decode settings (the message names both).
+        ConfigError: a setting outside its allowed range (e.g. ``split`` not auto/video/temporal), no input
+            videos, or an ``output_dir`` holding shards of another tokenizer / other decode settings / another
+            split mode (the message names both).
         FileNotFoundError: ``inputs`` does not exist.
     """
     from pipeline.job import run_tokenize_job
@@ -52,5 +56,5 @@ if __name__ == "__main__":  # pragma: no cover - CLI
     c = manifest["counts"]
     print(
         f"{c['videos_ok']} videos ok, {c['videos_failed']} failed, {c['segments']} segments, {c['frames']} frames "
-        f"-> {manifest['shard_dir']} (manifest.json)"
+        f"-> {manifest['shard_dir']} (manifest.json); split={manifest['split']['mode']} ({manifest['split']['reason']})"
     )

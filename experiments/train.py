@@ -32,7 +32,7 @@ from experiments.config import ConfigError, flatten, load_config, to_container
 
 log = logging.getLogger("experiments.train")
 
-__all__ = ["main", "validate_config", "train_loop_per_worker", "window_dataset"]
+__all__ = ["main", "validate_config", "train_loop_per_worker"]
 
 MODEL_SIZES_CPU_HINT = ("tiny", "small")
 
@@ -54,6 +54,13 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("batch_size_per_worker", "max_steps", "log_every", "checkpoint_every"):
         if int(cfg.loop[key]) < 1:
             raise ConfigError(f"loop.{key} must be >= 1, got {cfg.loop[key]}")
+    for key in ("eval_every", "sample_every", "val_windows", "heldout_clips", "shuffle_buffer"):
+        if int(cfg.loop[key] or 0) < 0:
+            raise ConfigError(f"loop.{key} must be >= 0, got {cfg.loop[key]}")
+    from pipeline.readers import SHUFFLE_MODES
+
+    if cfg.loop.shuffle not in SHUFFLE_MODES:
+        raise ConfigError(f"loop.shuffle must be one of {', '.join(SHUFFLE_MODES)}, got {cfg.loop.shuffle!r}")
     if int(cfg.optim.grad_accum_steps) < 1 or int(cfg.loop.batch_size_per_worker) % int(cfg.optim.grad_accum_steps):
         raise ConfigError(
             f"optim.grad_accum_steps must be >= 1 and divide loop.batch_size_per_worker="
@@ -98,69 +105,21 @@ def _cpus_per_worker(cfg: DictConfig, use_gpu: bool) -> float:
 
 
 # ------------------------------------------------------------------------------------ data
-def _window_rows(row: dict[str, Any], chunk_size: int, repeats: int, read_tokens) -> list[dict[str, Any]]:
-    """Cut one segment into ``repeats × floor(T / k)`` windows of ``k`` frames.
-
-    Each repeat tiles the segment at its own random offset (drawn again every epoch), so every frame
-    is covered once per repeat and windows start anywhere.
-    """
-    tokens = read_tokens(row)  # [T, h, w]
-    n = tokens.shape[0] // chunk_size
-    out = []
-    for _ in range(repeats if n else 0):
-        offset = np.random.randint(0, tokens.shape[0] - n * chunk_size + 1)
-        out.extend(
-            {
-                "tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size], dtype=np.int64),
-                "window": f"{row['video_id']}:{row['segment']}:{offset + i * chunk_size}",
-            }
-            for i in range(n)
-        )
-    return out
-
-
-def window_dataset(shards: str, split: str, chunk_size: int, *, min_windows: int = 1):
-    """Ray Dataset of training windows ``{"tokens": int64 [chunk_size, h, w]}`` from the token shards.
-
-    Every segment of ``T`` frames gives ``repeats × floor(T / chunk_size)`` windows at random offsets
-    drawn again each epoch (segments shorter than a chunk give none), with ``repeats`` the smallest
-    count that makes an epoch at least ``min_windows`` windows long — small datasets would otherwise
-    pay Ray Data's per-epoch start-up every few steps. The row count is fixed, so Ray Train's equal
-    split gives every worker the same number of batches.
-
-    Returns:
-        ``(dataset, windows_per_epoch)``.
-
-    Raises:
-        ConfigError: if the split holds no segment of at least ``chunk_size`` frames.
-    """
-    from pipeline.readers import read_token_dataset, row_tokens
-
-    ds = read_token_dataset(shards, split=split)
-    frames = ds.select_columns(["num_frames"]).to_pandas()["num_frames"].to_numpy()
-    windows = int((frames // chunk_size).sum())
-    if windows == 0:
-        raise ConfigError(
-            f"no {split!r} segment in {shards} has chunk_size={chunk_size} frames or more; "
-            "lower chunk_size or tokenize longer videos"
-        )
-    repeats = max(1, math.ceil(min_windows / windows))
-    ds = ds.flat_map(_window_rows, fn_kwargs={"chunk_size": chunk_size, "repeats": repeats, "read_tokens": row_tokens})
-    return ds, windows * repeats
-
-
 def data_info(shards: str) -> dict[str, Any]:
-    """Codebook size, token grid and tokenizer of a shard directory (from its manifest)."""
+    """Codebook size, token grid, tokenizer and split mode (``video`` or ``temporal``) of a shard
+    directory (from its manifest)."""
     from pipeline.readers import read_manifest
 
     manifest = read_manifest(shards)
     tok = manifest["tokenizer"]
+    split = manifest.get("split") or {}
     return {
         "codebook_size": int(tok["codebook_size"]),
         "latent_size": int(tok["latent_size"]),
         "tokenizer_id": str(tok["tokenizer_id"]),
         "tokenizer_dir": str(tok.get("directory") or ""),
         "shards": str(shards),
+        "split": str(split.get("mode", "video")) if isinstance(split, dict) else str(split),
     }
 
 
@@ -190,6 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from experiments import tracking
     from experiments.checkpoint import load_checkpoint, save_checkpoint
     from maskflow.models import build_backbone
+    from pipeline.readers import iter_window_batches
     from maskflow.training import (
         EMA,
         MaskFlowObjective,
@@ -203,6 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg = OmegaConf.create({k: v for k, v in config.items() if not k.startswith("_")})
     data, mlf = config["_data"], config["_mlflow"]
+    shuffle_buffer = int(cfg.loop.shuffle_buffer) if cfg.loop.shuffle == "local" else 0
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -272,6 +233,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     bs = int(cfg.loop.batch_size_per_worker)
     shard = ray.train.get_dataset_shard("train")
     t_log, tokens_since, window = time.perf_counter(), 0, []
+    heldout = _HeldoutProbe(cfg, data, device, objective) if rank == 0 else None
 
     def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
         if not with_checkpoint:
@@ -300,12 +262,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
+    eval_every, sample_every = int(cfg.loop.eval_every or 0), int(cfg.loop.sample_every or 0)
     model.train()
     while step < max_steps:
         batches = 0
-        for batch in shard.iter_batches(batch_size=bs, drop_last=True, batch_format="numpy"):
+        for batch in iter_window_batches(shard, batch_size=bs, shuffle_buffer=shuffle_buffer):
             batches += 1
-            tokens = torch.as_tensor(np.array(batch["tokens"], dtype=np.int64)).to(device, non_blocking=True)
+            tokens = torch.as_tensor(np.asarray(batch["tokens"]).astype(np.int64)).to(device, non_blocking=True)
             _maybe_fail(config, step, rank)
             gen = torch.Generator(device=device).manual_seed(_step_seed(int(cfg.seed), rank, step))
             res = train_step(
@@ -318,7 +281,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
             last = step >= max_steps
             do_ckpt = step % int(cfg.loop.checkpoint_every) == 0 or last
-            if step % int(cfg.loop.log_every) == 0 or do_ckpt:
+            do_val = last or (eval_every and step % eval_every == 0)
+            do_sample = last or (sample_every and step % sample_every == 0)
+            if step % int(cfg.loop.log_every) == 0 or do_ckpt or do_val or do_sample:
                 dt = time.perf_counter() - t_log
                 metrics = {
                     "loss": float(np.mean([w[0] for w in window])),
@@ -331,13 +296,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "epoch": epoch,
                     "step": step,
                 }
+                if heldout is not None:  # rank 0; the other ranks wait at the report barrier
+                    if do_val:
+                        metrics.update(heldout.validation(_unwrap(model)))
+                    if do_sample:
+                        metrics.update(heldout.continuations(_unwrap(model), ema, client, mlf, step))
                 if client is not None:
                     tracking.log_metrics(client, mlf["run_id"], metrics, step=step)
                 report(metrics, with_checkpoint=do_ckpt)
                 t_log, tokens_since, window = time.perf_counter(), 0, []
-            every = int(cfg.loop.sample_every or 0)
-            if rank == 0 and (last or (every and step % every == 0)):
-                _log_sample_video(_unwrap(model), ema, cfg, data, mlf, client, step)
             if last:
                 break
         if batches == 0:
@@ -350,44 +317,95 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _stop_system_metrics()
 
 
-def _log_sample_video(model, ema, cfg: DictConfig, data: dict[str, Any], mlf: dict[str, Any], client, step: int) -> None:
-    """Rank 0: sample a 2x-chunk video from held-out context with the EMA weights and log it (MP4 + GIF).
+class _HeldoutProbe:
+    """Rank 0's view of held-out quality during training (:mod:`experiments.heldout`).
 
-    A failure here is logged as a warning and a ``sample_error`` tag, never replaced by a fake video and
-    never fatal to training.
+    * :meth:`validation` — masked CE and accuracy of the training weights on ``loop.val_windows`` fixed
+      held-out windows at fixed seeded levels (``val_masked_ce``, ``val_masked_accuracy``).
+    * :meth:`continuations` — with the EMA weights, MGM continuations of ``loop.heldout_clips`` held-out
+      clips of ``2 × chunk_size`` frames (``chunk_size`` when none is that long) from ``m`` real frames,
+      scored against the real continuation next to the copy-last-frame baseline; the first clip is
+      logged as a ``[real | generated]`` MP4/GIF under ``samples/``.
+
+    A failure of either is logged as a warning and a tag, never replaced by fake numbers and never
+    fatal to training.
     """
-    from experiments import tracking
-    from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
-    from maskflow.sampling import SamplerConfig, generate
-    from pipeline.readers import load_eval_clips, load_shard_tokenizer
 
-    k = int(cfg.chunk_size)
-    m = max(1, min(int(cfg.method.max_context_frames) or 2, k - 1))
-    try:
-        clips = load_eval_clips(data["shards"], num_frames=2 * k, num_clips=1, seed=0, split="eval")
-        if not clips:
-            log.info("no held-out segment of %d frames: no sample video at step %d", 2 * k, step)
-            return
-        tokenizer = load_shard_tokenizer(data["shards"])
-        device = next(model.parameters()).device
-        scfg = SamplerConfig(sampler="mgm", sampling_steps=int(cfg.loop.sample_sampling_steps), chunk_size=k,
-                             n_context_frames=m, scheduler=str(cfg.method.scheduler))
-        was_training = model.training
-        model.eval()
-        with ema.swapped(model), torch.inference_mode():
-            context = clips[0].tokens[:m].unsqueeze(0).long().to(device)
-            res = generate(model, context, 2 * k, scfg, generator=torch.Generator(device=device).manual_seed(step))
-        model.train(was_training)
-        fake = tokenizer.decode(res.tokens[0].cpu()).numpy()
-        real = tokenizer.decode(clips[0].tokens.long()).numpy()
-        both = upscale(side_by_side(mark_context(real, m), mark_context(fake, m)), max(1, 128 // fake.shape[1]))
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in (write_mp4(both, f"{tmp}/step_{step:07d}.mp4"), write_gif(both, f"{tmp}/step_{step:07d}.gif")):
-                tracking.log_artifact(client, mlf["run_id"], path, artifact_path="samples")
-        tracking.log_metrics(client, mlf["run_id"], {"sample_nfe": res.nfe}, step=step)
-    except Exception as exc:  # a sample is a view on training, not part of it
-        log.warning("sample video at step %d failed: %s", step, exc)
-        tracking.set_tags(client, mlf["run_id"], {"sample_error": f"step {step}: {type(exc).__name__}: {exc}"[:4000]})
+    def __init__(self, cfg: DictConfig, data: dict[str, Any], device: torch.device, objective) -> None:
+        from experiments.heldout import validation_windows
+
+        self.cfg, self.data, self.device, self.objective = cfg, data, device, objective
+        self.k = int(cfg.chunk_size)
+        self.m = max(1, min(int(cfg.method.max_context_frames) or 2, self.k - 1))
+        self.val = None
+        if int(cfg.loop.val_windows):
+            try:
+                self.val = validation_windows(data["shards"], self.k, int(cfg.loop.val_windows), seed=int(cfg.seed))
+            except Exception as exc:  # no held-out data must not stop training
+                log.warning("no validation windows: %s", exc)
+            if self.val is None:
+                log.warning("no held-out segment of %d frames: no validation metrics", self.k)
+        self._clips, self._tokenizer = None, None
+
+    def validation(self, model: torch.nn.Module) -> dict[str, float]:
+        from maskflow.training import evaluate_objective
+
+        if self.val is None:
+            return {}
+        out = evaluate_objective(model, self.objective, self.val.to(self.device), batch_size=16, seed=int(self.cfg.seed))
+        return {"val_masked_ce": out["masked_ce"], "val_masked_accuracy": out["masked_accuracy"]}
+
+    def _load_clips(self):
+        from pipeline.readers import load_eval_clips, load_shard_tokenizer
+
+        if self._clips is None:
+            n = int(self.cfg.loop.heldout_clips)
+            for length in (2 * self.k, self.k):
+                self._clips = load_eval_clips(self.data["shards"], num_frames=length, num_clips=n, seed=0, split="eval") if n else []
+                if self._clips:
+                    break
+            self._tokenizer = load_shard_tokenizer(self.data["shards"])
+        return self._clips
+
+    def continuations(self, model: torch.nn.Module, ema, client, mlf: dict[str, Any], step: int) -> dict[str, float]:
+        from experiments import tracking
+        from experiments.heldout import heldout_quality
+        from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
+        from maskflow.sampling import SamplerConfig
+
+        try:
+            clips = self._load_clips()
+            if not clips:
+                log.info("no held-out segment of %d frames: no held-out continuations at step %d", self.k, step)
+                return {}
+            length = clips[0].tokens.shape[0]
+            scfg = SamplerConfig(sampler="mgm", sampling_steps=int(self.cfg.loop.sample_sampling_steps),
+                                 chunk_size=self.k, n_context_frames=self.m, scheduler=str(self.cfg.method.scheduler))
+            was_training = model.training
+            model.eval()
+            with ema.swapped(model):
+                res = heldout_quality(model, self._tokenizer, clips, scfg, num_frames=length, seed=step)
+            model.train(was_training)
+            q = res.metrics
+            real, fake = res.real_frames[0].numpy(), res.fake_frames[0].numpy()
+            both = upscale(side_by_side(mark_context(real, self.m), mark_context(fake, self.m)), max(1, 128 // fake.shape[1]))
+            with tempfile.TemporaryDirectory() as tmp:
+                for path in (write_mp4(both, f"{tmp}/step_{step:07d}.mp4"), write_gif(both, f"{tmp}/step_{step:07d}.gif")):
+                    tracking.log_artifact(client, mlf["run_id"], path, artifact_path="samples")
+            return {
+                "heldout_token_accuracy": q["token_accuracy"],
+                "copy_last_frame_token_accuracy": q["copy_last_frame_token_accuracy"],
+                "heldout_psnr_db": q["psnr"],
+                "copy_last_frame_psnr_db": q["copy_last_frame_psnr"],
+                "heldout_ssim": q["ssim"],
+                "copy_last_frame_ssim": q["copy_last_frame_ssim"],
+                "heldout_clips": float(q["num_videos"]),
+                "sample_nfe": float(q["nfe"]),
+            }
+        except Exception as exc:  # a sample is a view on training, not part of it
+            log.warning("held-out continuations at step %d failed: %s", step, exc)
+            tracking.set_tags(client, mlf["run_id"], {"sample_error": f"step {step}: {type(exc).__name__}: {exc}"[:4000]})
+            return {}
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -463,7 +481,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         ``{"run_name", "checkpoint", "storage_path", "mlflow_run_id", "tracking_uri", "steps",
-        "final_loss", "resumed", "data"}``.
+        "final_loss", "first_loss", "resumed", "data", "final_metrics"}``; ``final_metrics`` is rank 0's
+        last report, with the held-out figures (``val_masked_ce``, ``val_masked_accuracy``,
+        ``heldout_token_accuracy``, ``copy_last_frame_token_accuracy``, ``heldout_psnr_db``, …) of the
+        final step.
 
     Raises:
         ConfigError: a setting that cannot work (before any work starts).
@@ -474,6 +495,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from experiments import tracking
+    from experiments.heldout import UNSEEN_CODE_WARNING
+    from pipeline.readers import training_window_dataset, unseen_code_share
 
     validate_config(cfg)
     if not cfg.shards or not Path(str(cfg.shards)).exists() and "://" not in str(cfg.shards):
@@ -506,6 +529,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             "checkpoint_location": f"{storage}/{run_name}",
             "tokenizer_id": data["tokenizer_id"],
             "codebook_size": data["codebook_size"],
+            "split": data["split"],
             "use_gpu": use_gpu,
         },
     )
@@ -515,14 +539,27 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     if use_gpu:
         resources["GPU"] = float(cfg.scaling.gpus_per_worker)
     workers, bs = int(cfg.scaling.num_workers), int(cfg.loop.batch_size_per_worker)
-    train_ds, per_epoch = window_dataset(
-        str(cfg.shards), str(cfg.split), int(cfg.chunk_size),
-        min_windows=int(cfg.loop.min_steps_per_epoch) * workers * bs,
-    )
+    try:
+        train_ds, per_epoch = training_window_dataset(
+            str(cfg.shards), str(cfg.split), int(cfg.chunk_size),
+            min_windows=int(cfg.loop.min_steps_per_epoch) * workers * bs, shuffle=str(cfg.loop.shuffle),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if per_epoch < workers * bs:
         raise ConfigError(
             f"{per_epoch} training windows cannot fill one batch on each of {workers} workers "
             f"(batch_size_per_worker={bs}); lower them or add videos"
+        )
+    unseen = unseen_code_share(str(cfg.shards), data["codebook_size"], train_split=str(cfg.split))
+    tracking.log_metrics(client, run_id, {"unseen_code_share": unseen})
+    data["unseen_code_share"] = unseen
+    if unseen > UNSEEN_CODE_WARNING:
+        log.warning(
+            "%.1f%% of the held-out tokens have codes that never occur in the %r split: the model is never "
+            "trained to output them, so held-out quality is capped (a codebook fitted on few, very different "
+            "videos gives each video codes of its own; use more videos, a shared tokenizer, or split=temporal)",
+            100 * unseen, str(cfg.split),
         )
     log.info("%d training windows per epoch (%d steps per worker)", per_epoch, per_epoch // (workers * bs))
     loop_config = to_container(cfg)
@@ -572,6 +609,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "first_loss": losses[0] if losses else math.nan,
         "resumed": resumed,
         "data": data,
+        "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
     }
     log.info(
         "trained %s: %d steps, loss %.3f -> %.3f, checkpoint %s",

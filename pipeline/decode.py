@@ -39,6 +39,22 @@ Sampling, resizing, segments
   frames from the start of the video. A final segment shorter than ``min_frames`` is dropped (counted
   in ``frames_dropped``); a video with fewer than ``min_frames`` kept frames fails as ``too_short``.
 
+Temporal split (an item with ``split="temporal"``, see :mod:`pipeline.discover`)
+-------------------------------------------------------------------------------------
+The cut between training frames and held-out continuation is made here, where segments are produced,
+so both job layouts (decode tasks that tokenize, or decode tasks feeding tokenizer actors) get the same
+rows. Of a video's ``N`` kept frames the last ``E = max(min_frames, ceil(temporal_eval_fraction * N))``
+are ``eval`` and the first ``A = N - E`` are ``train`` (:func:`temporal_cut`); when ``A`` would leave a
+train tail segment shorter than ``min_frames`` (``A mod max_frames_per_segment < min_frames``) the cut
+moves back to the segment boundary, so no train frame is dropped and the eval part grows by that tail.
+Train segments come first (``segment = 0..k-1``), eval segments follow (``k, k+1, …``); ``frame_start``
+stays the kept-frame index from the start of the video, and no frame is in both splits. A video with
+``A < min_frames`` cannot give both parts: it stays wholly ``train`` and its record says why
+(``train_only``). ``N`` is only known at the end of the stream, but ``A`` never decreases as more frames
+arrive, so full train segments below the current ``A`` are emitted at once; the frames after them are
+held back (in memory up to 256 MiB per video, beyond that in an anonymous temporary file) until the
+video ends.
+
 Reasons (``category: detail``) of a failed video: ``missing``, ``empty`` (0 bytes), ``unreadable``
 (not a video, truncated container, no video stream: with what both decoders said and, for
 MP4/MOV, what the box structure shows), ``no_frames``, ``too_short``, ``timeout``, ``crash``.
@@ -49,12 +65,14 @@ Classes are plain Python (cosmos-curate style): :class:`DecodeStage` runs and is
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from multiprocessing.connection import Connection
@@ -83,9 +101,13 @@ __all__ = [
     "decoded_schema",
     "rows_to_table",
     "sniff_reason",
+    "temporal_cut",
+    "TEMPORAL",
 ]
 
 DECODERS = ("decord", "pyav")
+TEMPORAL = "temporal"  # an item split: cut this video in time (train head, eval tail); see pipeline.discover
+_HOLDBACK_MEMORY_BYTES = 256 << 20  # held-back frames of a temporal video beyond this go to a temporary file
 _CHUNK_FRAMES = 16  # kept frames per message from the child
 _HEARTBEAT_S = 1.0  # the child reports at least this often while decoding
 
@@ -105,6 +127,8 @@ class DecodeConfig:
         fallback: try the other decoder when the first yields no frame.
         decode_timeout_s: seconds without progress (open included) before a decode is killed.
         max_frames: stop after this many kept frames (``None`` = whole video); for sampling and checks.
+        temporal_eval_fraction: share of a ``split="temporal"`` item's kept frames held out as ``eval``
+            (its end), in ``(0, 1)``; at least ``min_frames`` frames. Other items are not cut.
     """
 
     resolution: int = 256
@@ -116,6 +140,7 @@ class DecodeConfig:
     fallback: bool = True
     decode_timeout_s: float = 60.0
     max_frames: int | None = None
+    temporal_eval_fraction: float = 0.25
 
     def validate(self) -> "DecodeConfig":
         """Raise ``ValueError`` naming the first setting outside its allowed range; returns ``self``."""
@@ -139,6 +164,8 @@ class DecodeConfig:
             raise ValueError(f"decode_timeout_s must be > 0 seconds, got {self.decode_timeout_s}")
         if self.max_frames is not None and int(self.max_frames) < 1:
             raise ValueError(f"max_frames must be >= 1 or null, got {self.max_frames}")
+        if not 0.0 < float(self.temporal_eval_fraction) < 1.0:
+            raise ValueError(f"temporal_eval_fraction must lie in (0, 1), got {self.temporal_eval_fraction}")
         return self
 
     @classmethod
@@ -669,18 +696,125 @@ class DecodedVideo:
         return self.record["status"] == "ok"
 
 
+def _eval_len(num_frames: int, fraction: float, min_frames: int) -> int:
+    """Frames of the eval part of a temporal video of ``num_frames`` kept frames (before the boundary shift)."""
+    return max(int(min_frames), math.ceil(float(fraction) * int(num_frames) - 1e-9))
+
+
+def temporal_cut(num_frames: int, fraction: float, min_frames: int, max_frames_per_segment: int) -> int | None:
+    """Where a temporally split video's eval part starts (see module docstring, "Temporal split").
+
+    Args:
+        num_frames: ``N``, kept frames of the video.
+        fraction: ``temporal_eval_fraction`` in ``(0, 1)``.
+        min_frames: shortest part (and segment), in kept frames.
+        max_frames_per_segment: segment length ``S``.
+
+    Returns:
+        ``A``: frames ``[0, A)`` are ``train``, ``[A, N)`` ``eval`` (``A >= min_frames``, ``N - A >=
+        min_frames``, and ``A mod S`` is 0 or ``>= min_frames``); ``None`` when the video is too short to
+        give both parts (it stays wholly ``train``). Non-decreasing in ``num_frames`` (where not ``None``).
+    """
+    n, m, s = int(num_frames), int(min_frames), int(max_frames_per_segment)
+    a = n - _eval_len(n, fraction, m)
+    if a < m:
+        return None
+    tail = a % s
+    return a - tail if 0 < tail < m else a
+
+
+class _FrameBuffer:
+    """FIFO of frames ``uint8 [R, R, 3]``; beyond ``memory_bytes`` in memory the oldest frames go to an
+    anonymous temporary file (deleted when closed or collected), so holding back the eval part of a long
+    video does not grow the decode task's memory without bound."""
+
+    def __init__(self, memory_bytes: int | None = None):
+        self.limit = int(_HOLDBACK_MEMORY_BYTES if memory_bytes is None else memory_bytes)
+        self.mem: collections.deque[np.ndarray] = collections.deque()
+        self.mem_frames = self.mem_bytes = 0
+        self.file: Any = None
+        self.file_read = self.file_end = 0  # byte offsets of the unread frames in the file
+        self.shape: tuple[int, ...] | None = None
+        self.spilled = 0  # frames that went through the file
+
+    def __len__(self) -> int:
+        fb = int(np.prod(self.shape)) if self.shape else 1
+        return self.mem_frames + (self.file_end - self.file_read) // fb
+
+    def push(self, frames: np.ndarray) -> None:
+        if not len(frames):
+            return
+        self.shape = self.shape or tuple(frames.shape[1:])
+        frames = np.ascontiguousarray(frames)
+        self.mem.append(frames)
+        self.mem_frames += len(frames)
+        self.mem_bytes += frames.nbytes
+        while self.mem_bytes > self.limit and self.mem:
+            chunk = self.mem.popleft()
+            self.mem_frames -= len(chunk)
+            self.mem_bytes -= chunk.nbytes
+            if self.file is None:
+                self.file = tempfile.TemporaryFile(prefix="maskflow-holdback-")
+            self.file.seek(self.file_end)
+            self.file.write(chunk.tobytes())
+            self.file_end += chunk.nbytes
+            self.spilled += len(chunk)
+
+    def pop(self, k: int) -> np.ndarray:
+        """The ``k`` oldest frames, ``uint8 [k, R, R, 3]`` (``k <= len(self)``)."""
+        shape = self.shape or (0, 0, 3)
+        out: list[np.ndarray] = []
+        if k > 0 and self.file_end > self.file_read:
+            fb = int(np.prod(shape))
+            n = min(k, (self.file_end - self.file_read) // fb)
+            arr = np.empty((n, *shape), np.uint8)
+            self.file.seek(self.file_read)
+            got = self.file.readinto(memoryview(arr).cast("B"))
+            if got != arr.nbytes:  # pragma: no cover - a full or failing temp disk
+                raise OSError(f"holdback file: read {got} of {arr.nbytes} bytes")
+            self.file_read += arr.nbytes
+            if self.file_read == self.file_end:
+                self.file.seek(0)
+                self.file.truncate()
+                self.file_read = self.file_end = 0
+            out.append(arr)
+            k -= n
+        while k > 0:
+            chunk = self.mem[0]
+            if len(chunk) <= k:
+                self.mem.popleft()
+            else:
+                self.mem[0], chunk = chunk[k:], chunk[:k]
+            self.mem_frames -= len(chunk)
+            self.mem_bytes -= chunk.nbytes
+            out.append(chunk)
+            k -= len(chunk)
+        if k < 0:
+            raise ValueError("popped more frames than buffered")
+        return np.concatenate(out) if len(out) > 1 else (out[0] if out else np.empty((0, *shape), np.uint8))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 @dataclass
 class _Segmenter:
-    """Cuts the stream of kept frames into segments of at most ``max_len`` frames."""
+    """Cuts a stream of kept frames into segments of at most ``max_len`` frames, numbered ``0, 1, …``
+    across splits; ``frame_start`` is the kept-frame index (dropped frames included)."""
 
     max_len: int
     parts: list[np.ndarray] = field(default_factory=list)
-    n: int = 0
+    n: int = 0  # frames of the open segment
+    start: int = 0  # kept-frame index of the open segment's first frame
     emitted_frames: int = 0
     emitted: int = 0
+    dropped: int = 0
+    per_split: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def add(self, frames: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Yield ``(segment, frame_start, frames)`` for every segment that became full."""
+    def add(self, frames: np.ndarray, split: str) -> Iterator[tuple[str, int, int, np.ndarray]]:
+        """Yield ``(split, segment, frame_start, frames)`` for every segment that became full."""
         i = 0
         while i < len(frames):
             take = min(self.max_len - self.n, len(frames) - i)
@@ -688,23 +822,114 @@ class _Segmenter:
             self.n += take
             i += take
             if self.n == self.max_len:
-                yield self._pop()
+                yield self._pop(split)
 
-    def _pop(self) -> tuple[int, int, np.ndarray]:
-        seg = (self.emitted, self.emitted_frames, np.concatenate(self.parts))
+    def _pop(self, split: str) -> tuple[str, int, int, np.ndarray]:
+        frames = self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts)
+        seg = (split, self.emitted, self.start, frames)
+        per = self.per_split.setdefault(split, {"segments": 0, "frames": 0})
+        per["segments"] += 1
+        per["frames"] += self.n
         self.emitted += 1
         self.emitted_frames += self.n
+        self.start += self.n
         self.parts, self.n = [], 0
         return seg
 
-    def finish(self, min_len: int) -> tuple[tuple[int, int, np.ndarray] | None, int]:
-        """The last (partial) segment if it has ``>= min_len`` frames, and the number of frames dropped."""
+    def close(self, min_len: int, split: str) -> Iterator[tuple[str, int, int, np.ndarray]]:
+        """End the open (partial) segment: yield it if it has ``>= min_len`` frames, else drop it (counted)."""
         if self.n == 0:
-            return None, 0
+            return
         if self.n >= min_len:
-            return self._pop(), 0
-        dropped, self.parts, self.n = self.n, [], 0
-        return None, dropped
+            yield self._pop(split)
+            return
+        self.dropped += self.n
+        self.start += self.n
+        self.parts, self.n = [], 0
+
+
+class _Cutter:
+    """Routes one video's kept frames into segments: all of them to the item's split, or, for a
+    ``split="temporal"`` item, the head to ``train`` and the continuation to ``eval`` (module docstring)."""
+
+    def __init__(self, split: str, cfg: DecodeConfig):
+        self.split = split
+        self.temporal = split == TEMPORAL
+        self.min_len = int(cfg.min_frames)
+        self.max_len = int(cfg.max_frames_per_segment)
+        self.fraction = float(cfg.temporal_eval_fraction)
+        self.seg = _Segmenter(self.max_len)
+        self.buffer = _FrameBuffer() if self.temporal else None
+        self.received = self.released = 0
+        self.eval_start: int | None = None
+        self.train_only: str | None = None
+
+    @property
+    def emitted(self) -> int:
+        return self.seg.emitted
+
+    def add(self, frames: np.ndarray) -> Iterator[tuple[str, int, int, np.ndarray]]:
+        """Yield the segments that are complete (and, under temporal, certainly ``train``) after ``frames``."""
+        if not self.temporal:
+            yield from self.seg.add(frames, self.split)
+            return
+        assert self.buffer is not None
+        self.buffer.push(frames)
+        self.received += len(frames)
+        # the train part only grows with N: full segments below the current train length are train for sure
+        a = self.received - _eval_len(self.received, self.fraction, self.min_len)
+        certain = max(0, a) // self.max_len * self.max_len
+        if certain > self.released:
+            head = self.buffer.pop(certain - self.released)
+            self.released = certain
+            yield from self.seg.add(head, "train")
+
+    def finish(self) -> Iterator[tuple[str, int, int, np.ndarray]]:
+        """Yield the remaining segments once the video has ended."""
+        if not self.temporal:
+            yield from self.seg.close(self.min_len, self.split)
+            return
+        assert self.buffer is not None
+        try:
+            n = self.received
+            cut = temporal_cut(n, self.fraction, self.min_len, self.max_len)
+            if cut is None:
+                self.train_only = (
+                    f"{n} kept frames cannot give a train part and an eval part (max(min_frames, "
+                    f"ceil({self.fraction:g} x frames)) frames) of at least min_frames={self.min_len} frames each"
+                )
+                yield from self.seg.add(self.buffer.pop(n - self.released), "train")
+                yield from self.seg.close(self.min_len, "train")
+                return
+            self.eval_start = cut
+            yield from self.seg.add(self.buffer.pop(cut - self.released), "train")
+            yield from self.seg.close(self.min_len, "train")  # 0 or >= min_frames frames: never dropped
+            self.released = cut
+            yield from self.seg.add(self.buffer.pop(n - cut), "eval")
+            yield from self.seg.close(self.min_len, "eval")
+            self.released = n
+        finally:
+            self.buffer.close()
+
+    def close(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+
+    def record(self) -> dict[str, Any]:
+        """``segments``, ``frames``, ``frames_dropped``, ``splits`` (``{split: {segments, frames}}``) and,
+        for a temporal item, ``eval_frame_start`` and ``train_only`` (the reason, or ``None``)."""
+        out: dict[str, Any] = {
+            "segments": self.seg.emitted,
+            "frames": self.seg.emitted_frames,
+            "frames_dropped": self.seg.dropped,
+            "splits": {k: dict(v) for k, v in self.seg.per_split.items()},
+        }
+        if self.temporal:
+            out["eval_frame_start"] = self.eval_start
+            out["train_only"] = self.train_only
+            if self.buffer is not None and self.buffer.spilled:
+                out["holdback_spilled_frames"] = self.buffer.spilled
+        return out
 
 
 class DecodeStage:
@@ -742,16 +967,21 @@ class DecodeStage:
         """Decode one video.
 
         Args:
-            item: ``{"video_id", "source", "split"}`` (a :class:`~pipeline.discover.VideoItem` dict).
+            item: ``{"video_id", "source", "split"}`` (a :class:`~pipeline.discover.VideoItem` dict). With
+                ``split="temporal"`` the video is cut in time (module docstring, "Temporal split"); any
+                other value is copied to every segment row.
 
         Yields:
             segment rows ``{"kind": "segment", video_id, source, split, segment (int), frame_start (int),
-            num_frames (int), fps (float), frames: uint8 [T, R, R, 3]}`` as soon as each is complete, then
-            exactly one record ``{"kind": "video", video_id, source, split, "record": {...}}`` whose
-            ``record`` has ``status`` (``"ok"``/``"failed"``), ``reason``, ``category``, ``warning``,
-            ``segments``, ``frames`` (written), ``frames_decoded``, ``frames_dropped``, ``decoder``,
-            ``width``, ``height``, ``native_fps``, ``declared_frames``, ``fps``, ``decode_s``.
-            Never raises for a bad file.
+            num_frames (int), fps (float), frames: uint8 [T, R, R, 3]}`` as soon as each is complete
+            (``split`` is ``"train"``/``"eval"`` for a temporal item), then exactly one record
+            ``{"kind": "video", video_id, source, split (the item's), "record": {...}}`` whose ``record`` has
+            ``status`` (``"ok"``/``"failed"``), ``reason``, ``category``, ``warning``, ``segments``,
+            ``frames`` (written), ``splits`` (``{split: {"segments", "frames"}}`` of the written segments),
+            ``frames_decoded``, ``frames_kept``, ``frames_dropped``, ``decoder``, ``width``, ``height``,
+            ``native_fps``, ``declared_frames``, ``fps``, ``decode_s``; for a temporal item also
+            ``eval_frame_start`` (``None`` when not cut) and ``train_only`` (why the video stayed wholly
+            ``train``, else ``None``). Never raises for a bad file.
         """
         from pipeline.fs import local_copy, resolve
         import pyarrow.fs as pafs
@@ -797,7 +1027,7 @@ class DecodeStage:
         categories: list[str] = []
         assert self._decoder is not None
         for decoder in order:
-            seg = _Segmenter(int(cfg.max_frames_per_segment))
+            seg = _Cutter(str(base["split"]), cfg)
             vinfo: VideoInfo | None = None
             end: DecodeEnd | None = None
             stopped: str | None = None
@@ -810,12 +1040,13 @@ class DecodeStage:
                         decoded = ev.decoded
                         kept += len(ev.frames)
                         if len(ev.frames):
-                            for s, start, frames in seg.add(ev.frames):
-                                yield self._segment_row(base, s, start, frames, vinfo)
+                            for split, s, start, frames in seg.add(ev.frames):
+                                yield self._segment_row(base, split, s, start, frames, vinfo)
                     else:
                         end = ev
             except DecodeError as e:
                 if kept == 0 and seg.emitted == 0:
+                    seg.close()
                     problems.append(str(e))
                     categories.append(e.category)
                     continue  # nothing produced: try the other decoder
@@ -824,15 +1055,15 @@ class DecodeStage:
                 detail = f"decode error before the first frame: {end.error}" if end and end.error else (
                     "the video stream holds no decodable frame"
                 )
+                seg.close()
                 problems.append(f"{decoder}: {detail}")
                 categories.append("no_frames")
                 continue
             # ---- this decoder produced frames: finish with it
             if end is not None and end.error:
                 stopped = f"decode error after {end.decoded} frames: {end.error}"
-            last, dropped = seg.finish(int(cfg.min_frames))
-            if last is not None:
-                yield self._segment_row(base, *last, vinfo)
+            for split, s, start, frames in seg.finish():
+                yield self._segment_row(base, split, s, start, frames, vinfo)
             record.update(
                 decoder=decoder,
                 width=vinfo.width if vinfo else 0,
@@ -841,9 +1072,8 @@ class DecodeStage:
                 declared_frames=vinfo.declared_frames if vinfo else -1,
                 fps=round(vinfo.output_fps, 4) if vinfo else 0.0,
                 frames_decoded=end.decoded if end is not None else decoded,
-                segments=seg.emitted,
-                frames=seg.emitted_frames,
-                frames_dropped=dropped,
+                frames_kept=kept,
+                **seg.record(),
             )
             if stopped:
                 declared = record["declared_frames"]
@@ -867,10 +1097,13 @@ class DecodeStage:
         raise DecodeError(f"{category}: " + (f"{sniff}; " if sniff else "") + "; ".join(problems), category)
 
     @staticmethod
-    def _segment_row(base: dict[str, Any], segment: int, start: int, frames: np.ndarray, vinfo: VideoInfo | None) -> dict[str, Any]:
+    def _segment_row(
+        base: dict[str, Any], split: str, segment: int, start: int, frames: np.ndarray, vinfo: VideoInfo | None
+    ) -> dict[str, Any]:
         return {
             "kind": "segment",
             **base,
+            "split": split,
             "segment": int(segment),
             "frame_start": int(start),
             "num_frames": int(len(frames)),

@@ -1,4 +1,4 @@
-"""Stage 1: find the input videos and give each a stable ``video_id`` and a ``train``/``eval`` split.
+"""Stage 1: find the input videos and give each a stable ``video_id`` and its split.
 
 Inputs (``inputs=`` of ``experiments/configs/tokenize.yaml``), local or any URI pyarrow opens:
 
@@ -14,12 +14,20 @@ the input root (the directory, the glob's fixed prefix, the list file's director
 It does not depend on the machine, the mount point or the URI scheme, so the same dataset copied to
 ``s3://`` keeps its ids (and a resumed job recognises its finished videos).
 
-Split: a video is ``eval`` when ``u(video_id) < eval_fraction`` with ``u`` a uniform number from the
-SHA-1 of the id, so adding videos never moves an existing one (except as below). When no video lands
-in ``eval`` although ``eval_fraction > 0`` and there are at least two videos, the one with the smallest
-``u`` among files of at least 64 KiB (any file if none is) becomes ``eval``; symmetrically one video
-stays ``train`` unless ``eval_fraction >= 1``.
-A ``split`` column in a file list wins over the hash.
+Split modes (``split=`` of the config, resolved by :func:`resolve_split_mode`):
+
+* ``video``: whole videos are held out. A video is ``eval`` when ``u(video_id) < eval_fraction`` with
+  ``u`` a uniform number from the SHA-1 of the id, so adding videos never moves an existing one (except
+  as below). When no video lands in ``eval`` although ``eval_fraction > 0`` and there are at least two
+  videos, the one with the smallest ``u`` among files of at least 64 KiB (any file if none is) becomes
+  ``eval``; symmetrically one video stays ``train`` unless ``eval_fraction >= 1``.
+* ``temporal``: every video is split in time. Its item gets ``split="temporal"`` and the decode stage
+  (:mod:`pipeline.decode`) sends the first part of its kept frames to ``train`` and the continuation
+  (the last ``temporal_eval_fraction``, at least ``min_frames`` frames) to ``eval``.
+* ``auto`` (the default of the job): ``video`` with at least ``min_videos_for_video_split`` discovered
+  videos, else ``temporal`` (with few videos a held-out *video* says little about generalisation).
+
+A ``split`` column in a file list wins in every mode: those rows keep whole-video semantics.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import os
 import posixpath
 import re
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import pyarrow.fs as pafs
 
@@ -43,15 +51,21 @@ from pipeline.fs import Location, read_bytes, resolve
 __all__ = [
     "VIDEO_EXTENSIONS",
     "VideoItem",
+    "discover",
     "discover_videos",
     "make_video_id",
     "split_uniform",
     "assign_splits",
+    "resolve_split_mode",
+    "SPLIT_MODES",
+    "TEMPORAL",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 LIST_EXTENSIONS = (".csv", ".jsonl", ".json", ".ndjson")
 SPLITS = ("train", "eval")
+TEMPORAL = "temporal"  # VideoItem.split of a video cut in time by the decode stage (train head, eval tail)
+SPLIT_MODES = ("auto", "video", "temporal")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -62,7 +76,8 @@ class VideoItem:
     Attributes:
         video_id: stable id (see module docstring), unique within a job.
         source: local absolute path or URI of the file.
-        split: ``"train"`` or ``"eval"``.
+        split: ``"train"`` or ``"eval"`` (the whole video), or ``"temporal"`` (the decode stage sends its
+            first part to ``train`` and its continuation to ``eval``).
         size_bytes: file size from the listing, ``-1`` when unknown (file lists are not stat'ed).
     """
 
@@ -247,28 +262,71 @@ def _expand(inp: str) -> list[tuple[str, str, int, str | None, str | None]]:
     )
 
 
-def discover_videos(inputs: str | Iterable[str], *, eval_fraction: float = 0.0) -> list[VideoItem]:
-    """List the input videos with ids and splits, sorted by ``video_id``.
+def resolve_split_mode(
+    requested: str, num_videos: int, min_videos_for_video_split: int = 32, num_fixed: int = 0
+) -> tuple[str, str]:
+    """The split mode a job uses, and why.
+
+    Args:
+        requested: ``"auto"``, ``"video"`` or ``"temporal"`` (``split=`` of the config).
+        num_videos: videos discovered in the inputs (failed ones included: they are not decoded yet).
+        min_videos_for_video_split: ``auto`` picks ``video`` from this many videos on, else ``temporal``.
+        num_fixed: videos whose split a file list gives (they keep it in every mode); when every video
+            has one, ``auto`` resolves to ``video``.
+
+    Returns:
+        ``(mode, reason)`` with ``mode`` in ``"video"``, ``"temporal"`` and ``reason`` a sentence for the
+        manifest and the log, e.g. ``"11 videos < min_videos_for_video_split=32"``.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`SPLIT_MODES` (the message names the key and values).
+    """
+    if requested not in SPLIT_MODES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_MODES)}, got {requested!r}")
+    if requested != "auto":
+        return requested, f"split={requested} was requested"
+    if num_videos and num_fixed >= num_videos:
+        return "video", "the file list gives every video's split"
+    if num_videos >= int(min_videos_for_video_split):
+        return "video", f"{num_videos} videos >= min_videos_for_video_split={min_videos_for_video_split}"
+    return TEMPORAL, f"{num_videos} videos < min_videos_for_video_split={min_videos_for_video_split}"
+
+
+def discover(
+    inputs: str | Iterable[str],
+    *,
+    eval_fraction: float = 0.0,
+    split: str = "video",
+    min_videos_for_video_split: int = 32,
+) -> tuple[list[VideoItem], dict[str, Any]]:
+    """List the input videos with ids and splits, and say which split mode was used.
 
     Args:
         inputs: a directory, glob, file list or video (local path or URI), or a list of them.
-        eval_fraction: expected fraction of held-out videos, ``[0, 1]`` (see module docstring).
+        eval_fraction: ``video`` mode: expected fraction of held-out videos, ``[0, 1]``.
+        split: ``"auto"``, ``"video"`` or ``"temporal"`` (see module docstring).
+        min_videos_for_video_split: threshold of ``auto``.
 
     Returns:
-        one :class:`VideoItem` per distinct video (the same source listed twice counts once).
+        ``(items, plan)``: one :class:`VideoItem` per distinct video sorted by ``video_id`` (the same source
+        listed twice counts once; ``split`` is ``"train"``/``"eval"`` for whole videos, ``"temporal"`` for
+        videos the decode stage cuts in time), and ``plan = {"mode", "requested", "reason", "videos",
+        "videos_fixed"}`` (``videos_fixed``: videos whose split came from a file list).
 
     Raises:
         FileNotFoundError: if an input does not exist.
-        ValueError: for an unusable input, a bad file-list row, or two different files that map to the
-            same ``video_id``.
+        ValueError: for an unusable input, a bad file-list row, an unknown ``split``, or two different
+            files that map to the same ``video_id``.
     """
+    if split not in SPLIT_MODES:
+        raise ValueError(f"split must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
     if inputs is None or (isinstance(inputs, str) and not inputs.strip()):
         raise ValueError("inputs= is required: a directory, glob, CSV/JSONL file list or video")
     inputs_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     by_id: dict[str, tuple[str, int]] = {}
     fixed: dict[str, str] = {}
     for inp in inputs_list:
-        for source, rel, size, split, vid in _expand(str(inp)):
+        for source, rel, size, row_split, vid in _expand(str(inp)):
             vid = vid or make_video_id(rel)
             if vid in by_id and by_id[vid][0] != source:
                 raise ValueError(
@@ -276,7 +334,40 @@ def discover_videos(inputs: str | Iterable[str], *, eval_fraction: float = 0.0) 
                     "(same relative path under two inputs); give them distinct video_id values in a file list"
                 )
             by_id[vid] = (source, size)
-            if split:
-                fixed[vid] = split
-    splits = assign_splits(list(by_id), eval_fraction, fixed, {v: s for v, (_, s) in by_id.items()})
-    return [VideoItem(v, by_id[v][0], splits[v], by_id[v][1]) for v in sorted(by_id)]
+            if row_split:
+                fixed[vid] = row_split
+    mode, reason = resolve_split_mode(split, len(by_id), min_videos_for_video_split, len(fixed))
+    if mode == TEMPORAL:
+        splits = {v: fixed.get(v, TEMPORAL) for v in by_id}
+    else:
+        splits = assign_splits(list(by_id), eval_fraction, fixed, {v: s for v, (_, s) in by_id.items()})
+    items = [VideoItem(v, by_id[v][0], splits[v], by_id[v][1]) for v in sorted(by_id)]
+    plan = {"mode": mode, "requested": split, "reason": reason, "videos": len(items), "videos_fixed": len(fixed)}
+    return items, plan
+
+
+def discover_videos(
+    inputs: str | Iterable[str],
+    *,
+    eval_fraction: float = 0.0,
+    split: str = "video",
+    min_videos_for_video_split: int = 32,
+) -> list[VideoItem]:
+    """List the input videos with ids and splits, sorted by ``video_id`` (:func:`discover` without the plan).
+
+    Args:
+        inputs: a directory, glob, file list or video (local path or URI), or a list of them.
+        eval_fraction: ``video`` mode: expected fraction of held-out videos, ``[0, 1]`` (see module docstring).
+        split: ``"video"`` (default), ``"temporal"`` or ``"auto"``.
+        min_videos_for_video_split: threshold of ``split="auto"``.
+
+    Returns:
+        one :class:`VideoItem` per distinct video (the same source listed twice counts once).
+
+    Raises:
+        FileNotFoundError: if an input does not exist.
+        ValueError: for an unusable input, a bad file-list row, an unknown ``split``, or two different
+            files that map to the same ``video_id``.
+    """
+    items, _ = discover(inputs, eval_fraction=eval_fraction, split=split, min_videos_for_video_split=min_videos_for_video_split)
+    return items

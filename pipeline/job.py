@@ -14,11 +14,16 @@ tokenize their own segments with a :class:`~pipeline.tokenize.DecodeTokenizeStag
 worker process (see :func:`tokenize_in_decode_tasks`).
 
 Before that it scans ``output_dir`` (:mod:`pipeline.manifest`): videos already done are skipped,
-traces of interrupted videos are removed, and a tokenizer or decode setting that differs from the
-one the existing shards were made with is refused before any work. After it, it rescans, measures
-the reconstruction PSNR on a seeded sample of written segments (re-decoding their source frames) and
-writes ``manifest.json``. Bad input never stops the job: every video ends as segments or as a
-failure record with its reason.
+traces of interrupted videos are removed, and a tokenizer, decode setting or split mode that differs
+from the one the existing shards were made with is refused before any work. After it, it rescans,
+measures the reconstruction PSNR on a seeded sample of written segments (re-decoding their source
+frames) and writes ``manifest.json``. Bad input never stops the job: every video ends as segments or
+as a failure record with its reason.
+
+Held-out split: discovery resolves ``split=auto|video|temporal`` (:func:`pipeline.discover.discover`).
+``video`` holds whole videos out; ``temporal`` has the decode stage cut every video into a ``train``
+head and an ``eval`` continuation (:func:`pipeline.decode.temporal_cut`), the same in both layouts.
+``manifest["split"]`` records the mode and why.
 """
 
 from __future__ import annotations
@@ -38,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.decode import DecodeConfig, decode_batch, decode_video, get_stage
-from pipeline.discover import VideoItem, discover_videos
+from pipeline.decode import TEMPORAL, DecodeConfig, decode_batch, decode_video, get_stage, temporal_cut
+from pipeline.discover import SPLIT_MODES, VideoItem, discover
 from pipeline.fs import Location, resolve, upload_dir
 from pipeline.manifest import (
     TOKENIZER_DIR,
@@ -73,6 +78,9 @@ DEFAULTS: dict[str, Any] = {
     "max_frames_per_segment": 256,
     "min_frames": 8,
     "eval_fraction": 0.1,
+    "split": "auto",
+    "temporal_eval_fraction": 0.25,
+    "min_videos_for_video_split": 32,
     "tokenizer": {
         "kind": "patch_kmeans",
         "path": None,
@@ -170,6 +178,24 @@ def normalize_config(config: Any) -> dict[str, Any]:
         raise ValueError(f"row_group_mb must be > 0, got {cfg['row_group_mb']}")
     if not 0.0 <= float(cfg["eval_fraction"]) <= 1.0:
         raise ValueError(f"eval_fraction must lie in [0, 1], got {cfg['eval_fraction']}")
+    if not isinstance(cfg["split"], str) or cfg["split"].strip().lower() not in SPLIT_MODES:
+        raise ValueError(
+            f"split must be one of {', '.join(SPLIT_MODES)} (auto = video with at least min_videos_for_video_split "
+            f"videos, else temporal), got {cfg['split']!r}"
+        )
+    cfg["split"] = cfg["split"].strip().lower()
+    try:
+        tef = None if isinstance(cfg["temporal_eval_fraction"], bool) else float(cfg["temporal_eval_fraction"])
+    except (TypeError, ValueError):
+        tef = None
+    if tef is None or not 0.0 < tef < 1.0:
+        raise ValueError(
+            "temporal_eval_fraction must lie in (0, 1) (share of each video held out as eval), "
+            f"got {cfg['temporal_eval_fraction']!r}"
+        )
+    mv = cfg["min_videos_for_video_split"]
+    if isinstance(mv, bool) or not isinstance(mv, int) or mv < 2:
+        raise ValueError(f"min_videos_for_video_split must be an integer >= 2 (a video split needs two videos), got {mv!r}")
     decode_config(cfg).validate()
     return cfg
 
@@ -184,6 +210,7 @@ def decode_config(cfg: dict[str, Any], **changes: Any) -> DecodeConfig:
         min_frames=int(cfg["min_frames"]),
         decoder=str(cfg["decoder"]),
         decode_timeout_s=float(cfg["decode_timeout_s"]),
+        temporal_eval_fraction=float(cfg["temporal_eval_fraction"]),
     )
     return dataclasses.replace(d, **changes) if changes else d
 
@@ -193,16 +220,20 @@ def _order(items: list[VideoItem], seed: int) -> list[VideoItem]:
     return sorted(items, key=lambda it: hashlib.sha1(f"{seed}:{it.video_id}".encode()).hexdigest())
 
 
-def _fit_sample(source: str, dcfg: dict[str, Any], per_video: int) -> np.ndarray:
-    """Up to ``per_video`` frames spread over one video (memory: at most ``2 * per_video`` frames)."""
+def _fit_sample(source: str, dcfg: dict[str, Any], per_video: int, split: str = "train") -> np.ndarray:
+    """Up to ``per_video`` training frames spread over one video (memory: at most ``2 * per_video`` frames).
+
+    ``split="temporal"``: the video is cut as in the job and only its ``train`` rows are sampled."""
     cfg = DecodeConfig.from_dict(dcfg)
     stage = get_stage(cfg)
     kept: list[np.ndarray] = []
     stride, index = 1, 0
     ok = False
-    for row in stage.process({"video_id": "", "source": source, "split": ""}):
+    for row in stage.process({"video_id": "", "source": source, "split": TEMPORAL if split == TEMPORAL else ""}):
         if row["kind"] != "segment":
             ok = row["record"]["status"] == "ok"
+            continue
+        if split == TEMPORAL and row["split"] != "train":
             continue
         for frame in row["frames"]:
             if index % stride == 0:
@@ -218,22 +249,40 @@ def _fit_sample(source: str, dcfg: dict[str, Any], per_video: int) -> np.ndarray
     return np.stack([kept[i] for i in pick])
 
 
+def _temporal_fit_frames(cfg: dict[str, Any], head: int) -> int:
+    """Smallest ``L`` whose temporal cut (:func:`~pipeline.decode.temporal_cut`) keeps ``>= head`` train frames."""
+    n = max(int(head), 1)
+    args = (float(cfg["temporal_eval_fraction"]), int(cfg["min_frames"]), int(cfg["max_frames_per_segment"]))
+    while (temporal_cut(n, *args) or 0) < head:
+        n += 1
+    return n
+
+
 def _fit_patch_kmeans(cfg: dict[str, Any], items: list[VideoItem]):
     import ray
 
     from maskflow.tokenizers import PatchKMeansTokenizer
 
     t = cfg["tokenizer"]
-    pool = [it for it in items if it.split == "train"] or list(items)
+    pool = [it for it in items if it.split in ("train", TEMPORAL)] or list(items)
     chosen = _order(pool, int(cfg["seed"]))[: int(t["fit_videos"])]
     per_video = max(1, math.ceil(int(t["fit_frames"]) / len(chosen)))
     # frames come from the first max(64, 4 x per_video) kept frames of each video: decoding whole videos
     # to fit a codebook costs more than it brings
-    dcfg = dataclasses.asdict(decode_config(cfg, max_frames=max(64, 4 * per_video), min_frames=1))
+    head = max(64, 4 * per_video)
+    dcfg = dataclasses.asdict(decode_config(cfg, max_frames=head, min_frames=1))
+    # a temporally split video: only its train part, cut exactly as the job cuts it (same min_frames and
+    # segment length); decoding stops after L frames with cut(L) >= head, and since the cut never moves
+    # back as a video gets longer, the first cut(L) frames are train however long the video really is
+    dcfg_t = dataclasses.asdict(decode_config(cfg, max_frames=_temporal_fit_frames(cfg, head)))
     log.info("fitting patch_kmeans K=%s on up to %d frames of %d train videos", t["codebook_size"] or DEFAULT_CODEBOOK,
              per_video * len(chosen), len(chosen))  # fmt: skip
     task = ray.remote(num_cpus=float(cfg["decode_num_cpus"]))(_fit_sample)
-    refs = [task.remote(it.source, dcfg, per_video) for it in chosen]
+    refs = [
+        task.remote(it.source, dcfg_t, per_video, TEMPORAL) if it.split == TEMPORAL
+        else task.remote(it.source, dcfg, per_video)
+        for it in chosen
+    ]  # fmt: skip
     batches = [np.array(b) for b in ray.get(refs) if len(b)]  # writable copies (ray.get gives read-only views)
     if not batches:
         raise ValueError("no train video could be decoded to fit the patch_kmeans tokenizer (see the failures above)")
@@ -387,8 +436,10 @@ def _psnr_picks(out: Location, state, cfg: dict[str, Any]) -> list[dict[str, Any
         return []
     candidates = sorted((v, seg, n) for v in ok for (seg, n, _) in state.rows[v])
     rng = np.random.default_rng(int(cfg["seed"]))
-    chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=min(8, len(candidates)), replace=False))]
-    per = max(1, math.ceil(n_frames / len(chosen)))
+    size = min(8, len(candidates), n_frames)
+    chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), size=size, replace=False))]
+    # psnr_frames shared out exactly (a segment shorter than its share gives what it has)
+    shares = [n_frames // len(chosen) + (i < n_frames % len(chosen)) for i in range(len(chosen))]
     meta = _dataset(out.uri()).to_table(
         columns=["video_id", "segment", "frame_start"], filter=pc.field("video_id").isin(sorted({c[0] for c in chosen}))
     ).to_pylist()
@@ -397,12 +448,12 @@ def _psnr_picks(out: Location, state, cfg: dict[str, Any]) -> list[dict[str, Any
         {
             "video_id": v,
             "segment": seg,
-            "frames": min(per, n),
+            "frames": min(share, n),
             "frame_start": int(starts[(v, seg)]),
             "source": state.record(v)["source"],
             "decoder": state.record(v).get("decoder") or cfg["decoder"],
         }
-        for v, seg, n in chosen
+        for (v, seg, n), share in zip(chosen, shares)
     ]
 
 
@@ -437,8 +488,9 @@ def measure_psnr(out: Location, state, tok, cfg: dict[str, Any], tok_dir: Locati
     (same decoder and settings as when they were written) vs ``tokenizer.decode`` of the stored codes.
     This checks the whole round trip (including that ``frame_start`` points at the right frames).
 
-    Up to 8 segments, ``psnr_frames`` frames in total. With ``num_gpus_per_actor > 0`` it runs as a Ray
-    task on a GPU (decoding 64 frames with SD-VQGAN on a CPU driver takes minutes), else on the driver.
+    Up to 8 segments and ``psnr_frames`` frames in total (shared out evenly; fewer where segments are
+    shorter). With ``num_gpus_per_actor > 0`` it runs as a Ray task on a GPU (decoding 64 frames with
+    SD-VQGAN on a CPU driver takes minutes), else on the driver.
     A segment whose source no longer decodes to the same frames is skipped (listed under ``"skipped"``).
 
     Returns:
@@ -586,6 +638,19 @@ def _startup_s(state, videos: list[str], t0_epoch: float, pipe_s: float) -> floa
     return min(max(0.0, min(starts) - t0_epoch), pipe_s) if starts else 0.0
 
 
+def _split_info(cfg: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    """``manifest["split"]`` before the run (:func:`~pipeline.manifest.build_manifest` adds the video counts)."""
+    return {
+        "mode": plan["mode"],
+        "requested": plan["requested"],
+        "reason": plan["reason"],
+        "eval_fraction": float(cfg["eval_fraction"]),
+        "temporal_eval_fraction": float(cfg["temporal_eval_fraction"]),
+        "min_videos_for_video_split": int(cfg["min_videos_for_video_split"]),
+        "videos_fixed_by_file_list": int(plan["videos_fixed"]),
+    }
+
+
 def run_tokenize_job(config: Any) -> dict[str, Any]:
     """Tokenize every input video into Parquet shards plus ``manifest.json`` (resumable).
 
@@ -598,15 +663,23 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
 
     Raises:
         ValueError: a setting outside its range, or no input video.
-        TokenizerMismatchError: ``output_dir`` holds shards of another tokenizer / other decode settings.
+        TokenizerMismatchError: ``output_dir`` holds shards of another tokenizer / other decode settings /
+            another split mode (or ``temporal_eval_fraction``).
         FileNotFoundError: an input that does not exist.
     """
     cfg = normalize_config(config)
     t_start = time.perf_counter()
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    items = discover_videos(cfg["inputs"], eval_fraction=float(cfg["eval_fraction"]))
+    items, plan = discover(
+        cfg["inputs"],
+        eval_fraction=float(cfg["eval_fraction"]),
+        split=cfg["split"],
+        min_videos_for_video_split=int(cfg["min_videos_for_video_split"]),
+    )
     if not items:
         raise ValueError(f"no videos (.mp4 .avi .mkv .webm .mov) found in inputs={cfg['inputs']!r}")
+    split_info = _split_info(cfg, plan)
+    log.info("tokenize: split=%s (%s)", split_info["mode"], split_info["reason"])
     out = resolve(str(cfg["output_dir"]))
     out.mkdir()
     _ensure_ray()
@@ -618,12 +691,14 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
         "frame_stride": int(cfg["frame_stride"] or 1),
         "max_frames_per_segment": int(cfg["max_frames_per_segment"]),
         "min_frames": int(cfg["min_frames"]),
+        "split": split_info["mode"],
+        "temporal_eval_fraction": split_info["temporal_eval_fraction"] if split_info["mode"] == TEMPORAL else None,
     }
-    check_job_settings(out, settings, state)  # decode settings: before any work
+    check_job_settings(out, settings, state, split_reason=split_info["reason"])  # decode settings: before any work
 
     tok, how = prepare_tokenizer(cfg, items, out, state)
     settings["tokenizer_id"] = tok.tokenizer_id
-    check_job_settings(out, settings, state)  # the tokenizer: before anything is written
+    check_job_settings(out, settings, state, split_reason=split_info["reason"])  # the tokenizer: before anything is written
     tok_dir = _save_tokenizer(tok, out)
     write_job_settings(out, settings)
     tok_info = _tokenizer_info(tok, tok_dir, how, cfg)
@@ -641,12 +716,15 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
     todo = sorted((it for it in items if it.video_id not in done_before), key=lambda it: -it.size_bytes)
     skipped = len(items) - len(todo)
     schema = shard_schema(tok.codebook_size)
-    decode_info = {k: settings[k] for k in settings if k != "tokenizer_id"} | {"decoder": cfg["decoder"]}
+    decode_info = {k: settings[k] for k in settings if k not in ("tokenizer_id", "split", "temporal_eval_fraction")} | {
+        "decoder": cfg["decoder"]
+    }
 
     if not todo:
-        fresh = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run={}, psnr=None, schema=schema)
+        fresh = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run={}, psnr=None, schema=schema,
+                               split=split_info)  # fmt: skip
         old = load_manifest(out)
-        same = old is not None and all(old.get(k) == fresh.get(k) for k in ("counts", "failures", "splits")) and (
+        same = old is not None and all(old.get(k) == fresh.get(k) for k in ("counts", "failures", "splits", "split")) and (
             old.get("tokenizer", {}).get("tokenizer_id") == tok.tokenizer_id
         )
         message = f"nothing to do: all {len(items)} input videos are already in {out.uri()}"
@@ -707,7 +785,8 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
             "tokenize_in_decode_tasks": tokenize_in_decode_tasks(cfg),
         },
     }
-    manifest = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run=run, psnr=psnr, schema=schema)
+    manifest = build_manifest(state, found=items, tokenizer=tok_info, decode=decode_info, run=run, psnr=psnr, schema=schema,
+                              split=split_info)  # fmt: skip
     write_manifest(out, manifest)
     c = manifest["counts"]
     psnr_txt = f", PSNR {manifest['reconstruction_psnr_db']:.2f} dB" if isinstance(manifest["reconstruction_psnr_db"], float) else ""

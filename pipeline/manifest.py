@@ -244,15 +244,19 @@ def repair_output(state: OutputState, also_purge: set[str] | None = None) -> dic
 
 
 # ================================================================================ job settings
-def check_job_settings(output_dir: str | Location, settings: dict[str, Any], state: OutputState | None = None) -> None:
-    """Refuse to append to shards made with another tokenizer or other decode settings.
+def check_job_settings(
+    output_dir: str | Location, settings: dict[str, Any], state: OutputState | None = None, *, split_reason: str | None = None
+) -> None:
+    """Refuse to append to shards made with another tokenizer, other decode settings or another split.
 
     Args:
         output_dir: shard directory.
         settings: ``{"tokenizer_id": ..., "resolution": ..., "fps": ..., "frame_stride": ...,
-            "max_frames_per_segment": ..., "min_frames": ...}`` of this run (``tokenizer_id`` ``None``:
-            check the decode settings only).
+            "max_frames_per_segment": ..., "min_frames": ..., "split": "video" | "temporal",
+            "temporal_eval_fraction": float | None}`` of this run (``tokenizer_id`` ``None``: check the
+            other settings only). Shards whose ``_job.json`` predates ``split`` were made with ``video``.
         state: a scan of the directory (read when ``None``).
+        split_reason: why this run has its split mode (e.g. how ``split=auto`` resolved), for the message.
 
     Raises:
         TokenizerMismatchError: naming the directory's tokenizer id (or setting) and this run's.
@@ -273,6 +277,22 @@ def check_job_settings(output_dir: str | Location, settings: dict[str, Any], sta
             "Shards of different tokenizers cannot be mixed: write to a new output_dir, or delete the old "
             "shards (part-*.parquet, _videos/, _job.json, manifest.json) to start over"
         )
+    if previous and have_data and "split" in settings:
+        theirs_split = previous.get("split", "video")  # written before split modes existed: whole videos
+        if theirs_split != settings["split"]:
+            why = f" ({split_reason})" if split_reason else ""
+            raise TokenizerMismatchError(
+                f"{loc.uri()} holds shards made with split={theirs_split}; this run has split={settings['split']}{why}. "
+                "Resuming would mix held-out videos with held-out continuations. Set split="
+                f"{theirs_split} to resume this output_dir, or write to a new output_dir"
+            )
+        theirs_fraction = previous.get("temporal_eval_fraction")
+        if settings["split"] == "temporal" and theirs_fraction not in (None, settings.get("temporal_eval_fraction")):
+            raise TokenizerMismatchError(
+                f"{loc.uri()} holds shards made with temporal_eval_fraction={theirs_fraction!r}; this run "
+                f"has temporal_eval_fraction={settings.get('temporal_eval_fraction')!r}. Use the same setting to resume, "
+                "or a new output_dir"
+            )
     if previous and have_data:
         for key in ("resolution", "fps", "frame_stride", "max_frames_per_segment", "min_frames"):
             if key in previous and previous[key] != settings.get(key):
@@ -316,6 +336,7 @@ def build_manifest(
     run: dict[str, Any],
     psnr: dict[str, Any] | None,
     schema: pa.Schema,
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a repaired, finished shard directory.
 
@@ -328,12 +349,19 @@ def build_manifest(
         run: statistics of this run (``wall_s``, ``frames_per_s``, …).
         psnr: ``{"db": float, "frames": int, "segments": [...]}`` or ``None``.
         schema: the shard Arrow schema.
+        split: the job's split plan (``mode``, ``requested``, ``reason``, ``eval_fraction``,
+            ``temporal_eval_fraction``, ``min_videos_for_video_split``, …); becomes ``manifest["split"]`` with
+            ``videos_cut`` (temporally split videos with both parts), ``videos_train_only`` (temporally split
+            videos too short for an eval part, wholly ``train``) and ``train_only`` (``[{video_id, frames,
+            reason}]`` of those) added. ``None``: ``manifest["split"]`` is ``None``.
 
     Returns:
         the manifest dict (JSON-serialisable). Counts: ``videos_found`` (this run's inputs),
         ``videos_ok + videos_failed + videos_pending == videos_found`` where pending counts inputs not
         finished (non-zero only when a run stopped early); ``videos_outside_inputs`` counts finished videos
         of earlier runs that are not among this run's inputs (they stay in the shards and the counts).
+        ``splits`` gives ``{videos, segments, frames}`` per row split (``train``/``eval``); a temporally split
+        video counts in both.
     """
     done = state.done()
     found_ids = {it.video_id for it in found}
@@ -342,12 +370,22 @@ def build_manifest(
     splits: dict[str, dict[str, int]] = {}
     segments = frames = dropped = 0
     partial = []
+    train_only = []
+    videos_cut = 0
     for v in ok_ids:
         rec = state.record(v)
-        sp = splits.setdefault(rec.get("split", "?"), {"videos": 0, "segments": 0, "frames": 0})
-        sp["videos"] += 1
-        sp["segments"] += int(rec["segments"])
-        sp["frames"] += int(rec["frames"])
+        # records written before split modes have no "splits": the whole video is in its item split
+        per = rec.get("splits") or {rec.get("split", "?"): {"segments": rec["segments"], "frames": rec["frames"]}}
+        for name, n in sorted(per.items()):
+            sp = splits.setdefault(name, {"videos": 0, "segments": 0, "frames": 0})
+            sp["videos"] += 1
+            sp["segments"] += int(n["segments"])
+            sp["frames"] += int(n["frames"])
+        if rec.get("split") == "temporal":
+            if rec.get("eval_frame_start") is not None:
+                videos_cut += 1
+            else:
+                train_only.append({"video_id": v, "frames": int(rec["frames"]), "reason": rec.get("train_only")})
         segments += int(rec["segments"])
         frames += int(rec["frames"])
         dropped += int(rec.get("frames_dropped") or 0)
@@ -389,7 +427,10 @@ def build_manifest(
         },
         "schema": {f.name: str(f.type) for f in schema},
         "counts": counts,
-        "splits": splits,
+        "splits": dict(sorted(splits.items())),
+        "split": None if split is None else {
+            **split, "videos_cut": videos_cut, "videos_train_only": len(train_only), "train_only": train_only
+        },
         "failures": failures,
         "partial": sorted(partial, key=lambda p: p["source"]),
         "reconstruction_psnr_db": None if psnr is None else psnr.get("db"),

@@ -2,8 +2,8 @@
 
 * :func:`read_manifest` — the ``manifest.json`` of a shard directory.
 * :func:`read_token_dataset` — a Ray Dataset of the segment rows of one split (for Ray Train).
-* :func:`iter_training_windows` — random ``chunk_size`` windows per segment, new offsets every epoch,
-  batched as ``int64 [B, chunk_size, h, w]``, from rows or a ``ray.train.get_dataset_shard`` iterator.
+* :func:`training_window_dataset` / :func:`iter_window_batches` — random ``chunk_size`` windows of the
+  segments, new offsets every epoch, shuffled across videos (Ray Data), batched for a training worker.
 * :func:`load_eval_clips` — the same seeded set of ``L``-frame windows of held-out segments every
   time (pure pyarrow, no Ray).
 * :func:`load_segment_tokens` / :func:`decode_segment` — one segment's codes / reconstructed frames.
@@ -14,8 +14,9 @@ Every function takes a local path or a URI (``s3://…``).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow.compute as pc
@@ -28,12 +29,16 @@ __all__ = [
     "shard_files",
     "read_token_dataset",
     "row_tokens",
-    "iter_training_windows",
+    "SHUFFLE_MODES",
+    "training_window_dataset",
+    "iter_window_batches",
     "EvalClip",
     "load_eval_clips",
     "load_segment_tokens",
     "decode_segment",
     "load_shard_tokenizer",
+    "code_counts",
+    "unseen_code_share",
 ]
 
 _META_COLUMNS = ["video_id", "source", "split", "segment", "frame_start", "num_frames"]
@@ -91,12 +96,12 @@ def row_tokens(row: dict[str, Any]) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def read_token_dataset(shard_dir: str, split: str | None = "train"):
+def read_token_dataset(shard_dir: str, split: str | None = "train", *, shuffle_files: bool = False):
     """Ray Dataset of the shard rows of one split (all splits with ``split=None``).
 
     Rows have every shard column, with ``tokens`` already a ``uint16 [T, h, w]`` NumPy array (a ragged
     tensor column); :func:`row_tokens` works on these rows too. Reading is lazy and streams row group
-    by row group.
+    by row group; ``shuffle_files=True`` reads the files in a new random order at every execution.
 
     Raises:
         FileNotFoundError: if the directory holds no shards.
@@ -107,10 +112,11 @@ def read_token_dataset(shard_dir: str, split: str | None = "train"):
     files = shard_files(shard_dir)
     if not files:
         raise FileNotFoundError(f"no token shards (part-*.parquet) in {loc.uri()}")
+    shuffle = "files" if shuffle_files else None
     if loc.scheme:
-        ds = ray.data.read_parquet([loc.uri(p) for p in files])
+        ds = ray.data.read_parquet([loc.uri(p) for p in files], shuffle=shuffle)
     else:
-        ds = ray.data.read_parquet(files, filesystem=loc.fs)
+        ds = ray.data.read_parquet(files, filesystem=loc.fs, shuffle=shuffle)
     if split is not None:
         from ray.data.expressions import col
 
@@ -130,86 +136,110 @@ def _tokens_as_tensors(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------ training windows
-def _iter_rows(rows: Any) -> Iterator[dict[str, Any]]:
-    """Rows from a ``ray.data.DataIterator`` / ``Dataset`` (streamed) or any iterable of dicts."""
-    if hasattr(rows, "iter_rows") and callable(rows.iter_rows):
-        yield from rows.iter_rows()
-    else:
-        yield from rows
+SHUFFLE_MODES = ("local", "global", "none")
 
 
-def iter_training_windows(
-    rows: Iterable[dict[str, Any]] | Any,
-    *,
-    chunk_size: int,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    shuffle_buffer: int = 256,
-    drop_last: bool = True,
-) -> Iterator["torch.Tensor"]:  # noqa: F821
-    """Random training windows, batched.
+def _segment_windows(row: dict[str, Any], chunk_size: int, repeats: int) -> list[dict[str, Any]]:
+    """Cut one segment into ``repeats × floor(T / k)`` windows of ``k`` frames.
 
-    Each segment of ``T >= chunk_size`` frames gives ``floor(T / chunk_size)`` non-overlapping windows
-    starting at a random offset in ``[0, T mod chunk_size]`` drawn anew each epoch (so every frame is
-    seen over epochs); shorter segments give none. Windows pass through a shuffle buffer of
-    ``shuffle_buffer`` windows before batching. All randomness comes from
-    ``numpy.random.default_rng([seed, epoch, rank])``: the same arguments give the same batches.
+    Each repeat tiles the segment at its own random offset in ``[0, T mod k]`` (drawn anew every
+    epoch, since Ray Data re-executes the dataset), so every frame is covered once per repeat and
+    windows start anywhere. Segments shorter than ``k`` give none.
+    """
+    tokens = row_tokens(row)  # [T, h, w]
+    n = tokens.shape[0] // chunk_size
+    out = []
+    for _ in range(repeats if n else 0):
+        offset = np.random.randint(0, tokens.shape[0] - n * chunk_size + 1)
+        out.extend(
+            {
+                "tokens": np.ascontiguousarray(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size]),
+                "video_id": str(row["video_id"]),
+                "window": f"{row['video_id']}:{row['segment']}:{offset + i * chunk_size}",
+            }
+            for i in range(n)
+        )
+    return out
 
-    Args:
-        rows: shard rows (dicts with ``tokens``, ``token_shape``), a ``ray.data.DataIterator`` from
-            ``ray.train.get_dataset_shard(...)``, or a ``ray.data.Dataset``.
-        chunk_size: ``k``, frames per window, ``>= 1``.
-        batch_size: windows per batch, ``>= 1``.
-        seed, epoch, rank: seed the window offsets and the shuffle.
-        shuffle_buffer: windows held for shuffling (``1`` = no shuffling).
-        drop_last: drop a last batch smaller than ``batch_size``.
 
-    Yields:
-        ``torch.LongTensor [B, chunk_size, h, w]``.
+def training_window_dataset(
+    shard_dir: str, split: str, chunk_size: int, *, min_windows: int = 1, shuffle: str = "local"
+):
+    """Ray Dataset of training windows, the one implementation used by training.
+
+    Every segment of ``T`` frames gives ``repeats × floor(T / chunk_size)`` windows at random offsets
+    drawn again each epoch, with ``repeats`` the smallest count that makes an epoch at least
+    ``min_windows`` windows long (small datasets would otherwise pay Ray Data's per-epoch start-up every
+    few steps). The row count is fixed, so Ray Train's equal split gives every worker the same number of
+    batches.
+
+    A segment's windows come out of ``flat_map`` back to back, so without shuffling a batch would hold
+    windows of one or two videos. ``shuffle`` decides how they are mixed (each is redone every epoch):
+
+    * ``"local"`` (default): the Parquet files are read in a random order and the segment blocks are
+      put in a random order (``randomize_block_order``); the consumer then draws batches from a shuffle
+      buffer of windows (:func:`iter_window_batches` with ``shuffle_buffer``). Streaming, memory bounded
+      by the buffer; a full shuffle when the buffer holds an epoch.
+    * ``"global"``: ``random_shuffle()`` of all windows (an all-to-all exchange that materialises the
+      epoch's windows in the object store).
+    * ``"none"``: file order, windows of a segment back to back (only for measurements).
+
+    Rows: ``tokens`` (the shards' integer dtype, ``[chunk_size, h, w]``), ``video_id``, ``window``
+    (``"video_id:segment:first_frame"``).
+
+    Returns:
+        ``(dataset, windows_per_epoch)``.
 
     Raises:
-        ValueError: on ``chunk_size < 1`` or ``batch_size < 1``.
+        ValueError: if the split holds no segment of at least ``chunk_size`` frames, or on an unknown
+            ``shuffle``.
     """
-    import torch
+    if shuffle not in SHUFFLE_MODES:
+        raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, got {shuffle!r}")
+    ds = read_token_dataset(shard_dir, split=split, shuffle_files=shuffle != "none")
+    frames = ds.select_columns(["num_frames"]).to_pandas()["num_frames"].to_numpy()
+    windows = int((frames // chunk_size).sum())
+    if windows == 0:
+        raise ValueError(
+            f"no {split!r} segment in {shard_dir} has chunk_size={chunk_size} frames or more; "
+            "lower chunk_size or tokenize longer videos"
+        )
+    repeats = max(1, math.ceil(min_windows / windows))
+    if shuffle == "local":
+        ds = ds.randomize_block_order()
+    ds = ds.flat_map(_segment_windows, fn_kwargs={"chunk_size": chunk_size, "repeats": repeats})
+    if shuffle == "global":
+        ds = ds.random_shuffle()
+    return ds, windows * repeats
 
-    if chunk_size < 1 or batch_size < 1:
-        raise ValueError(f"chunk_size and batch_size must be >= 1, got {chunk_size}, {batch_size}")
-    rng = np.random.default_rng([int(seed), int(epoch), int(rank)])
-    buffer: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
 
-    def emit(window: np.ndarray):
-        batch.append(window)
-        if len(batch) == batch_size:
-            out = torch.from_numpy(np.stack(batch).astype(np.int64))
-            batch.clear()
-            return out
-        return None
+def iter_window_batches(
+    data: Any, *, batch_size: int, shuffle_buffer: int = 0, seed: int | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of training windows from a :func:`training_window_dataset` or a worker's shard of it.
 
-    for row in _iter_rows(rows):
-        tokens = row_tokens(row)
-        t = tokens.shape[0]
-        n = t // chunk_size
-        if n == 0:
-            continue
-        offset = int(rng.integers(0, t - n * chunk_size + 1))
-        for i in range(n):
-            buffer.append(tokens[offset + i * chunk_size : offset + (i + 1) * chunk_size])
-        while len(buffer) >= max(1, shuffle_buffer):
-            j = int(rng.integers(0, len(buffer)))
-            buffer[j], buffer[-1] = buffer[-1], buffer[j]
-            out = emit(buffer.pop())
-            if out is not None:
-                yield out
-    order = rng.permutation(len(buffer))
-    for j in order:
-        out = emit(buffer[j])
-        if out is not None:
-            yield out
-    if batch and not drop_last:
-        yield torch.from_numpy(np.stack(batch).astype(np.int64))
+    Args:
+        data: a ``ray.data.Dataset`` or ``ray.data.DataIterator`` (``ray.train.get_dataset_shard``).
+        batch_size: windows per batch, ``>= 1``; a last smaller batch is dropped.
+        shuffle_buffer: windows held in Ray Data's local shuffle buffer (``0`` = none); a batch is
+            drawn at random from at least this many windows.
+        seed: seed of the local shuffle (``None``: a new order every call).
+
+    Yields:
+        ``{"tokens": [B, chunk_size, h, w] integer array, "video_id": [B] str, "window": [B] str}``.
+
+    Raises:
+        ValueError: on ``batch_size < 1`` or ``shuffle_buffer < 0``.
+    """
+    if batch_size < 1 or shuffle_buffer < 0:
+        raise ValueError(f"batch_size must be >= 1 and shuffle_buffer >= 0, got {batch_size}, {shuffle_buffer}")
+    yield from data.iter_batches(
+        batch_size=batch_size,
+        drop_last=True,
+        batch_format="numpy",
+        local_shuffle_buffer_size=shuffle_buffer or None,
+        local_shuffle_seed=seed if shuffle_buffer else None,
+    )
 
 
 # ------------------------------------------------------------------------------ evaluation clips
@@ -360,3 +390,41 @@ def decode_segment(shard_dir: str, video_id: str, segment: int, *, tokenizer: An
     with torch.inference_mode():
         parts = [tok.decode(codes[i : i + batch_size]) for i in range(0, len(codes), batch_size)]
     return torch.cat(parts) if parts else torch.empty(0, tok.resolution, tok.resolution, 3, dtype=torch.uint8)
+
+
+# ------------------------------------------------------------------------------ code statistics
+def code_counts(shard_dir: str, split: str, codebook_size: int) -> np.ndarray:
+    """How often each code occurs in the tokens of one split (plain pyarrow, streamed by row group).
+
+    Returns:
+        int64 ``[codebook_size]``.
+
+    Raises:
+        FileNotFoundError: if the directory holds no shards.
+        ValueError: a token id ``>= codebook_size``.
+    """
+    counts = np.zeros(int(codebook_size), dtype=np.int64)
+    scanner = _dataset(shard_dir).scanner(columns=["tokens"], filter=pc.field("split") == split)
+    for batch in scanner.to_batches():
+        values = batch.column("tokens").values.to_numpy(zero_copy_only=False)
+        if values.size:
+            if int(values.max()) >= codebook_size:
+                raise ValueError(f"token id {int(values.max())} >= codebook_size={codebook_size} in {shard_dir}")
+            counts += np.bincount(values.astype(np.int64), minlength=codebook_size)
+    return counts
+
+
+def unseen_code_share(shard_dir: str, codebook_size: int, *, train_split: str = "train", eval_split: str = "eval") -> float:
+    """Share of the held-out tokens whose code never occurs in the training split.
+
+    A model is never trained to output such a code, so every one of them is a token it gets wrong;
+    a high share (separate codes per video, e.g. a codebook fitted on few very different videos) means
+    held-out quality cannot be learned, whatever the model.
+
+    Returns:
+        a float in ``[0, 1]``; ``nan`` when the held-out split has no tokens.
+    """
+    train = code_counts(shard_dir, train_split, codebook_size)
+    held = code_counts(shard_dir, eval_split, codebook_size)
+    total = int(held.sum())
+    return float(held[train == 0].sum() / total) if total else float("nan")

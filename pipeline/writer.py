@@ -7,7 +7,7 @@ column          Arrow type                meaning
 =============== ========================= ===========================================================
 video_id        string                    stable id of the video (:mod:`pipeline.discover`)
 source          string                    path or URI of the video file
-split           string                    ``train`` or ``eval``
+split           string                    ``train`` or ``eval`` (a temporally split video has both)
 segment         int32                     index of the segment in the video (0, 1, …)
 frame_start     int32                     first frame of the segment, counted in kept frames
 num_frames      int32                     ``T``, frames in the segment
@@ -33,7 +33,8 @@ Files, written by :class:`ShardWriter` (one call per Ray write task):
   ``(video_id, segment)``, row groups of about ``row_group_mb`` MiB of tokens (so a streaming reader
   holds one row group, not a file), zstd.
 * ``<output_dir>/_videos/part-<run id>-<task>.jsonl``: one JSON record per video that finished in the
-  task (``status`` ok/failed, ``reason``, ``segments``, ``frames``, decoder, sizes, …).
+  task (``status`` ok/failed, ``reason``, ``segments``, ``frames``, ``splits``, decoder, sizes, …; its
+  ``split`` is the video's item split: ``train``, ``eval`` or ``temporal``).
 
 Each file is committed atomically (:func:`pipeline.fs.write_bytes_atomic`), Parquet first. A video is
 complete when its record exists and exactly its ``segments`` segment rows are in committed Parquet

@@ -46,7 +46,8 @@ def mlflow_uri(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def token_shards(tmp_path_factory, ray_session, mlflow_uri) -> Path:
     """A tiny tokenized dataset made by ``experiments.tokenize``: 6 sprite videos of 24 frames at 32 px,
-    patch-k-means K=32 (4x4 tokens), about a third of the videos held out as the eval split."""
+    patch-k-means K=32 (4x4 tokens), about a third of the videos held out as the eval split (``split=video``
+    explicitly: with 6 videos ``split=auto`` would pick the temporal split)."""
     from experiments import tokenize
     from experiments.config import load_config
     from experiments.synthetic import write_sprite_videos
@@ -56,7 +57,7 @@ def token_shards(tmp_path_factory, ray_session, mlflow_uri) -> Path:
     cfg = load_config(
         "tokenize",
         [f"inputs={root / 'videos'}", f"output_dir={root / 'tokens'}", "resolution=32", "tokenizer.codebook_size=32",
-         "min_frames=8", "eval_fraction=0.34", "tokenizer.fit_frames=64", "psnr_frames=8"],
+         "min_frames=8", "split=video", "eval_fraction=0.34", "tokenizer.fit_frames=64", "psnr_frames=8"],
     )
     manifest = tokenize.main(cfg)
     assert manifest["counts"]["videos_ok"] == 6 and manifest["splits"]["eval"]["videos"] >= 1

@@ -69,9 +69,9 @@ def test_injected_worker_failure_recovers_from_checkpoint(shards):
 
 
 def test_training_windows_are_split_disjointly(shards, ray_session):
-    from experiments.train import window_dataset
+    from pipeline.readers import training_window_dataset
 
-    ds, per_epoch = window_dataset(str(shards), "train", 8, min_windows=1)
+    ds, per_epoch = training_window_dataset(str(shards), "train", 8, min_windows=1)
     splits = ds.streaming_split(2, equal=True)
     seen: list[list[str]] = [[], []]
 

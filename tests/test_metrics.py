@@ -338,11 +338,13 @@ def test_real_stats_cache_hits_avoid_recomputation(tmp_path, caplog):
         cache.get_or_compute("bad", lambda: 3.0)
 
 
-def test_build_feature_extractor_without_weights_returns_none(caplog, tmp_path):
+def test_build_feature_extractor_off_and_refusals(caplog, tmp_path):
     with caplog.at_level(logging.WARNING, logger="maskflow.metrics.fvd"):
         assert build_feature_extractor(None) is None
-        assert build_feature_extractor("i3d", None) is None
     assert "FVD disabled" in caplog.text
+    # i3d without a path means the bundled weights (tests/test_i3d_weights.py); stylegan_v has none
+    with pytest.raises(ValueError, match="no bundled weights"):
+        build_feature_extractor("stylegan_v", None)
     with pytest.raises(ValueError, match="unknown FVD feature network"):
         build_feature_extractor("inception", tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not found"):

@@ -2,8 +2,9 @@
 
 One job run (module fixture) over ``sample_videos_dir`` and a directory of broken files made in a temp
 dir; the tests then check the shards against the data contract, the manifest, the readers, and
-resuming (nothing to do, interrupted output repaired, a different tokenizer refused, file-list inputs).
-Resolution 64 / patch 8 / K=64 keep it fast on 2 CPU cores.
+resuming (nothing to do, interrupted output repaired, a different tokenizer or split mode refused,
+file-list inputs). Resolution 64 / patch 8 / K=64 keep it fast on 2 CPU cores. The job uses the
+default ``split=auto``: 14 inputs < ``min_videos_for_video_split=32``, so the temporal split.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.decode import DecodeConfig, decode_video
+from pipeline.decode import DecodeConfig, decode_video, temporal_cut
 from pipeline.job import run_tokenize_job
 from pipeline.manifest import TokenizerMismatchError, scan_output
 from pipeline.readers import (
     decode_segment,
-    iter_training_windows,
     load_eval_clips,
     load_segment_tokens,
     read_manifest,
@@ -127,17 +127,32 @@ def test_rows_match_the_contract(job):
         assert r["tokenizer"] == m["tokenizer"]["tokenizer_id"] and r["codebook_size"] == 64
         assert r["split"] in ("train", "eval")
         by_video.setdefault(r["video_id"], []).append(r)
+    state = scan_output(str(job["out"]))
     for vid, segs in by_video.items():
         segs.sort(key=lambda r: r["segment"])
         assert [s["segment"] for s in segs] == list(range(len(segs))), vid
         starts = np.cumsum([0] + [s["num_frames"] for s in segs[:-1]]).tolist()
         assert [s["frame_start"] for s in segs] == starts, vid
-        assert len({s["split"] for s in segs}) == 1
+        # temporal split: train head, then the eval continuation; no frame in both
+        rec = state.record(vid)
+        train = [s for s in segs if s["split"] == "train"]
+        evals = [s for s in segs if s["split"] == "eval"]
+        assert rec["split"] == "temporal" and train and segs[: len(train)] == train, vid
+        assert sum(s["num_frames"] for s in segs) + rec["frames_dropped"] == rec["frames_kept"], vid
+        if temporal_cut(rec["frames_kept"], 0.25, MIN_FRAMES, MAX_SEG) is not None:  # long enough for both parts
+            assert evals and rec["eval_frame_start"] == evals[0]["frame_start"], vid
+            assert min(s["frame_start"] for s in evals) >= max(s["frame_start"] + s["num_frames"] for s in train), vid
+            assert sum(s["num_frames"] for s in evals) >= MIN_FRAMES
+        else:
+            assert not evals and rec["train_only"], vid
     # frames per video equal what the decoder really yields (1080p pts gap: 72, not duration x fps)
     frames = {Path(segs[0]["source"]).name: sum(s["num_frames"] for s in segs) for segs in by_video.values()}
     assert frames["mmaction2_demo_skeleton_1080p_ptsgap.mp4"] == 72
     assert frames["fate_cinepak_pcitva15_100x75.avi"] == 152 and frames["fate_vp8_alpha_320x213.webm"] == 120
     assert frames["fate_vp90_size_64x64.webm"] == 10  # shorter than a typical chunk: kept, readers skip it
+    carphone = sorted((s["split"], s["frame_start"], s["num_frames"]) for segs in by_video.values() for s in segs
+                      if Path(s["source"]).name == CARPHONE)  # fmt: skip
+    assert carphone == [("eval", 90, 30), ("train", 0, 64), ("train", 64, 26)]  # last 25 % held out
 
 
 def test_manifest_counts_add_up(job, sample_videos_dir):
@@ -150,9 +165,20 @@ def test_manifest_counts_add_up(job, sample_videos_dir):
     table = pq.ParquetDataset(shard_files(str(job["out"]))).read(columns=["video_id", "num_frames", "split"])
     assert c["segments"] == table.num_rows and c["frames"] == sum(table.column("num_frames").to_pylist())
     assert len(set(table.column("video_id").to_pylist())) == c["videos_ok"]
-    assert sum(s["videos"] for s in m["splits"].values()) == c["videos_ok"]
+    sp = m["split"]
+    assert sp["mode"] == "temporal" and sp["requested"] == "auto"
+    assert sp["reason"] == f"{n_inputs} videos < min_videos_for_video_split=32"
+    assert sp["temporal_eval_fraction"] == 0.25 and sp["eval_fraction"] == 0.2 and sp["min_videos_for_video_split"] == 32
+    assert sp["videos_train_only"] == 1 and [v["frames"] for v in sp["train_only"]] == [10]  # the 10-frame VP9
+    assert sp["videos_cut"] == c["videos_ok"] - 1
+    # under temporal a video counts in both splits; segments and frames are each in exactly one
+    assert m["splits"]["train"]["videos"] == c["videos_ok"] and m["splits"]["eval"]["videos"] == sp["videos_cut"]
     assert sum(s["segments"] for s in m["splits"].values()) == c["segments"]
-    assert m["splits"]["eval"]["videos"] >= 1 and m["splits"]["train"]["videos"] >= 1
+    assert sum(s["frames"] for s in m["splits"].values()) == c["frames"]
+    per_split = {}
+    for r in table.to_pylist():
+        per_split[r["split"]] = per_split.get(r["split"], 0) + r["num_frames"]
+    assert per_split == {k: v["frames"] for k, v in m["splits"].items()}
     tok = m["tokenizer"]
     assert tok["kind"] == "patch_kmeans" and tok["tokenizer_id"] == f"patch_kmeans:{tok['config_hash']}"
     assert tok["codebook_size"] == 64 and tok["latent_size"] == 8 and Path(tok["directory"]).is_dir()
@@ -177,16 +203,23 @@ def test_round_trip_of_a_segment(job, sample_videos_dir):
 
 # ================================================================================ readers
 def test_readers_training_windows_from_ray(job):
-    ds = read_token_dataset(str(job["out"]), split="train").materialize()  # one execution for all below
+    from pipeline.readers import iter_window_batches, training_window_dataset
+
     m = job["manifest"]
-    assert ds.count() == m["splits"]["train"]["segments"]
-    batches = list(iter_training_windows(ds.iterator(), chunk_size=16, batch_size=4, seed=0, epoch=0))
-    assert batches and all(b.shape == (4, 16, 8, 8) and b.dtype == torch.long for b in batches)
-    rows = ds.take_all()
-    expected = sum(r["num_frames"] // 16 for r in rows) // 4
-    assert len(batches) == expected
-    again = list(iter_training_windows(rows, chunk_size=16, batch_size=4, seed=0, epoch=0, shuffle_buffer=1))
-    assert sum(len(b) for b in again) == 4 * expected
+    assert read_token_dataset(str(job["out"]), split="train").count() == m["splits"]["train"]["segments"]
+    rows = pq.ParquetDataset(shard_files(str(job["out"]))).read(columns=["split", "num_frames"]).to_pylist()
+    expected = sum(r["num_frames"] // 16 for r in rows if r["split"] == "train")
+    ds, per_epoch = training_window_dataset(str(job["out"]), "train", 16, min_windows=1)
+    assert per_epoch == expected
+    batches = list(iter_window_batches(ds, batch_size=4, shuffle_buffer=64, seed=0))
+    assert len(batches) == expected // 4
+    assert all(b["tokens"].shape == (4, 16, 8, 8) and b["tokens"].dtype == np.uint16 for b in batches)
+    ds2, per_epoch2 = training_window_dataset(str(job["out"]), "train", 16, min_windows=3 * expected + 1)
+    assert per_epoch2 == 4 * expected  # repeats: the smallest count giving at least min_windows
+    with pytest.raises(ValueError, match="chunk_size=4096"):
+        training_window_dataset(str(job["out"]), "train", 4096)
+    with pytest.raises(ValueError, match="shuffle"):
+        training_window_dataset(str(job["out"]), "train", 16, shuffle="sometimes")
 
 
 def test_eval_clips_are_deterministic(job):
@@ -261,6 +294,13 @@ def test_changed_tokenizer_is_refused(job, tmp_path):
     assert sorted(p.name for p in job["out"].iterdir()) == before
     with pytest.raises(TokenizerMismatchError, match="max_frames_per_segment"):
         run_tokenize_job(dict(job["cfg"], max_frames_per_segment=32))
+    # another split mode would mix held-out videos with held-out continuations: refused before any work
+    with pytest.raises(TokenizerMismatchError, match=r"split=temporal; this run has split=video \(split=video was requested\)"):
+        run_tokenize_job(dict(job["cfg"], split="video"))
+    with pytest.raises(TokenizerMismatchError, match=r"split=temporal; this run has split=video \(14 videos >= min_videos_for_video_split=3\)"):
+        run_tokenize_job(dict(job["cfg"], min_videos_for_video_split=3))  # auto now resolves to video
+    with pytest.raises(TokenizerMismatchError, match="temporal_eval_fraction"):
+        run_tokenize_job(dict(job["cfg"], temporal_eval_fraction=0.5))
     with pytest.raises(TokenizerMismatchError, match="would fit a new patch_kmeans tokenizer") as err:  # before fitting
         run_tokenize_job(dict(job["cfg"], tokenizer=dict(job["cfg"]["tokenizer"], codebook_size=32)))
     assert job["manifest"]["tokenizer"]["tokenizer_id"] in str(err.value)
@@ -278,6 +318,7 @@ def test_file_list_inputs_and_subset_resume(job, sample_videos_dir, tmp_path):
     shutil.copytree(job["out"] / "tokenizer", tmp_path / "tok")  # a tokenizer given as a URI
     m1 = run_tokenize_job(cfg)
     assert m1["counts"]["videos_ok"] == 1 and m1["splits"] == {"eval": {"videos": 1, "segments": 2, "frames": 120}}
+    assert m1["split"]["mode"] == "video" and m1["split"]["reason"] == "the file list gives every video's split"
     m2 = run_tokenize_job(dict(cfg, inputs=str(tmp_path / "all.csv")))
     assert m2["run"]["videos_processed"] == 2 and m2["run"]["videos_skipped_done"] == 1
     assert m2["counts"]["videos_ok"] == 3 and m2["tokenizer"]["tokenizer_id"] == m1["tokenizer"]["tokenizer_id"]
@@ -290,7 +331,8 @@ def test_file_list_inputs_and_subset_resume(job, sample_videos_dir, tmp_path):
 
 def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, tmp_path):
     """tokenizer.kind=diffusers_vq with a (tiny, random) diffusers VQModel directory as tokenizer.path,
-    tokenized by the actor pool (``tokenize_in_decode_tasks=false``: the GPU mode, here on CPU actors)."""
+    tokenized by the actor pool (``tokenize_in_decode_tasks=false``: the GPU mode, here on CPU actors),
+    with the temporal split (one video: ``auto``) cut the same way as in the no-GPU layout."""
     from diffusers import VQModel
 
     from maskflow.tokenizers import load_tokenizer
@@ -309,7 +351,9 @@ def test_diffusers_vq_tokenizer_in_the_pipeline(ray_session, sample_videos_dir, 
     assert tok["kind"] == "diffusers_vq" and tok["codebook_size"] == 16 and tok["latent_size"] == 8
     assert load_tokenizer(out / "tokenizer").tokenizer_id == tok["tokenizer_id"]  # self-contained copy
     t = pq.ParquetDataset(shard_files(str(out))).read()
-    assert t.num_rows == 2 and t.column("token_shape").to_pylist() == [[64, 8, 8], [56, 8, 8]]
+    assert t.column("token_shape").to_pylist() == [[64, 8, 8], [26, 8, 8], [30, 8, 8]]
+    assert t.column("split").to_pylist() == ["train", "train", "eval"] and t.column("frame_start").to_pylist() == [0, 64, 90]
+    assert m["split"]["mode"] == "temporal" and m["splits"]["eval"] == {"videos": 1, "segments": 1, "frames": 30}
     assert set(t.column("tokenizer").to_pylist()) == {tok["tokenizer_id"]}
     assert m["psnr"]["frames"] == 16 and m["reconstruction_psnr_db"] is not None
     assert m["run"]["settings"]["tokenize_in_decode_tasks"] is False

@@ -5,6 +5,7 @@ Broken inputs are generated into ``tmp_path`` from the real sample videos (never
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -27,10 +28,11 @@ from pipeline.decode import (
     resize_center_crop,
     rows_to_table,
     sniff_reason,
+    temporal_cut,
 )
-from pipeline.discover import assign_splits, discover_videos, make_video_id
-from pipeline.manifest import repair_output, scan_output
-from pipeline.readers import iter_training_windows, row_tokens
+from pipeline.discover import assign_splits, discover, discover_videos, make_video_id, resolve_split_mode
+from pipeline.manifest import TokenizerMismatchError, check_job_settings, repair_output, scan_output
+from pipeline.readers import row_tokens
 from pipeline.tokenize import TokenizeStage
 from pipeline.writer import ShardWriter, shard_schema, stream_schema, tokens_to_arrow
 
@@ -204,6 +206,90 @@ def test_discover_glob_csv_jsonl_and_errors(tmp_path, sample_videos_dir):
         discover_videos(str(tmp_path / "nopath.csv"))
 
 
+# ====================================================================================== split modes
+def test_split_mode_auto_threshold_and_bad_values(tmp_path):
+    """auto = temporal below min_videos_for_video_split, video at/above it; a file-list split column keeps
+    whole-video semantics for its rows in every mode; unknown values are refused naming the key."""
+    assert resolve_split_mode("auto", 11, 32) == ("temporal", "11 videos < min_videos_for_video_split=32")
+    assert resolve_split_mode("auto", 32, 32) == ("video", "32 videos >= min_videos_for_video_split=32")
+    assert resolve_split_mode("temporal", 500, 32)[0] == "temporal" and resolve_split_mode("video", 2, 32)[0] == "video"
+    assert resolve_split_mode("auto", 3, 32, num_fixed=3)[0] == "video"  # every split given by the list
+    with pytest.raises(ValueError, match="split must be one of auto, video, temporal, got 'holdout'"):
+        resolve_split_mode("holdout", 3)
+    for i in range(3):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"\0" * 10)
+    items, plan = discover(str(tmp_path), eval_fraction=0.3, split="auto", min_videos_for_video_split=3)  # at: video
+    assert plan["mode"] == "video" and {i.split for i in items} == {"train", "eval"}
+    items, plan = discover(str(tmp_path), eval_fraction=0.3, split="auto", min_videos_for_video_split=4)  # below
+    assert plan == {"mode": "temporal", "requested": "auto", "reason": "3 videos < min_videos_for_video_split=4",
+                    "videos": 3, "videos_fixed": 0}  # fmt: skip
+    assert {i.split for i in items} == {"temporal"}
+    assert [i.video_id for i in items] == [i.video_id for i in discover_videos(str(tmp_path))], "same ids in every mode"
+    (tmp_path / "list.csv").write_text("path,split\nv0.mp4,eval\nv1.mp4,\nv2.mp4,train\n")
+    items, plan = discover(str(tmp_path / "list.csv"), split="temporal")
+    assert [i.split for i in items] == ["eval", "temporal", "train"] and plan["videos_fixed"] == 2
+    with pytest.raises(ValueError, match="split must be one of"):
+        discover(str(tmp_path), split="sideways")
+
+
+def test_config_refuses_bad_split_settings(tmp_path):
+    """Refused by the CLI entry point before any work (no Ray, no output directory)."""
+    from experiments import tokenize
+    from experiments.config import ConfigError, load_config
+    from pipeline.job import normalize_config
+
+    assert normalize_config({"inputs": "x"})["split"] == "auto"
+    assert normalize_config({"inputs": "x", "split": "Temporal"})["split"] == "temporal"
+    out = tmp_path / "out"
+    for over, match in [
+        ("split=sideways", "split must be one of auto, video, temporal"),
+        ("temporal_eval_fraction=1.0", r"temporal_eval_fraction must lie in \(0, 1\)"),
+        ("min_videos_for_video_split=1", "min_videos_for_video_split must be an integer >= 2"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            tokenize.main(load_config("tokenize", [f"inputs={tmp_path}", f"output_dir={out}", over]))
+    assert not out.exists()
+
+
+def test_job_settings_refuse_another_split_mode(tmp_path):
+    """Shards made under one split mode are not resumed under another (nor another temporal fraction);
+    shards from before split modes count as split=video."""
+    base = {"tokenizer_id": None, "resolution": 32, "fps": None, "frame_stride": 1, "max_frames_per_segment": 64,
+            "min_frames": 8}  # fmt: skip
+    (tmp_path / "_videos").mkdir()
+    (tmp_path / "_videos" / "part-r-000000.jsonl").write_text(json.dumps({"video_id": "a", "status": "failed"}) + "\n")
+    (tmp_path / "_job.json").write_text(json.dumps({**base, "tokenizer_id": "t:1", "split": "temporal", "temporal_eval_fraction": 0.25}))
+    check_job_settings(str(tmp_path), {**base, "split": "temporal", "temporal_eval_fraction": 0.25})
+    with pytest.raises(TokenizerMismatchError, match=r"split=temporal; this run has split=video \(40 videos >= m"):
+        check_job_settings(str(tmp_path), {**base, "split": "video", "temporal_eval_fraction": None},
+                           split_reason="40 videos >= min_videos_for_video_split=32")  # fmt: skip
+    with pytest.raises(TokenizerMismatchError, match="temporal_eval_fraction=0.25; this run has temporal_eval_fraction=0.5"):
+        check_job_settings(str(tmp_path), {**base, "split": "temporal", "temporal_eval_fraction": 0.5})
+    (tmp_path / "_job.json").write_text(json.dumps({**base, "tokenizer_id": "t:1"}))  # written before split modes
+    check_job_settings(str(tmp_path), {**base, "split": "video", "temporal_eval_fraction": None})
+    with pytest.raises(TokenizerMismatchError, match="split=video; this run has split=temporal"):
+        check_job_settings(str(tmp_path), {**base, "split": "temporal", "temporal_eval_fraction": 0.25})
+
+
+def test_temporal_cut_rule():
+    """Eval part = max(min_frames, ceil(f * N)) frames at the end, moved back to a segment boundary
+    rather than leaving a train tail segment shorter than min_frames; None when a part would be short."""
+    assert temporal_cut(120, 0.25, 8, 64) == 90  # 64 + 26 train, 30 eval
+    assert temporal_cut(100, 0.25, 8, 64) == 75
+    assert temporal_cut(88, 0.25, 8, 64) == 64  # 66 would leave a 2-frame train tail: eval gets 24
+    assert temporal_cut(40, 0.1, 8, 64) == 32  # at least min_frames eval frames
+    assert temporal_cut(16, 0.25, 8, 64) == 8 and temporal_cut(15, 0.25, 8, 64) is None
+    for m, seg_len, f in [(1, 5, 0.5), (8, 64, 0.25), (8, 10, 0.9), (3, 3, 0.1)]:
+        prev = 0
+        for n in range(1, 400):
+            cut = temporal_cut(n, f, m, seg_len)
+            if cut is None:
+                assert prev == 0, "once a video is long enough, longer ones are too"
+                continue
+            assert cut >= prev and cut >= m and n - cut >= m and cut % seg_len in [0, *range(m, seg_len)]
+            prev = cut
+
+
 # ====================================================================================== decode
 @pytest.mark.parametrize(
     "name, frames, fps",
@@ -257,6 +343,80 @@ def test_decode_too_short_and_tail_drop(sample_videos_dir):
     st = DecodeStage(DecodeConfig(resolution=32, max_frames_per_segment=56, min_frames=10), isolate=False)
     segs, rec = _run(st, sample_videos_dir / CARPHONE)  # 120 = 56 + 56 + 8 (< min_frames: dropped)
     assert [s["num_frames"] for s in segs] == [56, 56] and rec["frames_dropped"] == 8 and rec["frames"] == 112
+
+
+TEMPORAL_VIDEOS = [
+    (CARPHONE, 120),
+    ("fate_cinepak_pcitva15_100x75.avi", 152),
+    ("mmaction2_demo_skeleton_1080p_ptsgap.mp4", 72),
+    ("fate_vp90_size_64x64.webm", 10),  # too short for two parts of min_frames: wholly train
+]
+
+
+@pytest.mark.parametrize("holdback_bytes", [None, 5000], ids=["in_memory", "spilled_to_disk"])
+def test_decode_temporal_split_of_real_videos(sample_videos_dir, monkeypatch, holdback_bytes):
+    """A ``split="temporal"`` item: train head then eval continuation, exact frame_starts, no frame in both
+    splits, frame counts adding up to the decoded count, the frames themselves those of the uncut video
+    (also when the held-back frames go through the temporary file)."""
+    import pipeline.decode as decode_mod
+
+    if holdback_bytes is not None:
+        monkeypatch.setattr(decode_mod, "_HOLDBACK_MEMORY_BYTES", holdback_bytes)  # 5000 B = 1.6 frames of 32 px
+    cfg = DecodeConfig(resolution=32, max_frames_per_segment=40, min_frames=8, temporal_eval_fraction=0.25)
+    st = DecodeStage(cfg, isolate=False)
+    for name, n in TEMPORAL_VIDEOS:
+        path = str(sample_videos_dir / name)
+        rows = list(st.process({"video_id": "v", "source": path, "split": "temporal"}))
+        segs, rec = [r for r in rows if r["kind"] == "segment"], rows[-1]
+        assert rows[-1]["kind"] == "video" and rec["split"] == "temporal"
+        rec = rec["record"]
+        assert rec["status"] == "ok" and rec["frames_kept"] == n
+        assert [s["segment"] for s in segs] == list(range(len(segs))), name
+        assert all(8 <= s["num_frames"] <= 40 for s in segs)
+        train = [s for s in segs if s["split"] == "train"]
+        evals = [s for s in segs if s["split"] == "eval"]
+        assert train and segs[: len(train)] == train, "train segments first"
+        cut = temporal_cut(n, 0.25, 8, 40)
+        if cut is None:
+            assert not evals and rec["train_only"] and "min_frames=8" in rec["train_only"] and rec["eval_frame_start"] is None
+            assert rec["splits"] == {"train": {"segments": len(train), "frames": rec["frames"]}}
+        else:
+            assert evals and rec["train_only"] is None and rec["eval_frame_start"] == cut == evals[0]["frame_start"]
+            assert max(s["frame_start"] + s["num_frames"] for s in train) <= cut, "no frame in both splits"
+            assert sum(s["num_frames"] for s in train) == cut, "no train frame dropped"
+            assert rec["splits"] == {
+                "train": {"segments": len(train), "frames": cut},
+                "eval": {"segments": len(evals), "frames": sum(s["num_frames"] for s in evals)},
+            }
+        starts = np.cumsum([0] + [s["num_frames"] for s in segs[:-1]]).tolist()
+        assert [s["frame_start"] for s in segs] == starts, "contiguous: frame_start exact"
+        assert rec["frames"] + rec["frames_dropped"] == n and rec["frames"] == sum(s["num_frames"] for s in segs)
+        assert rec.get("holdback_spilled_frames", 0) > 0 if holdback_bytes and cut else True
+        whole = decode_video(path, DecodeConfig(resolution=32, min_frames=1), stage=st).frames
+        for s in segs:
+            assert np.array_equal(s["frames"], whole[s["frame_start"] : s["frame_start"] + s["num_frames"]])
+    # whole-video items are not cut (and decode_video, which the PSNR check and tokenizer fitting use, neither)
+    segs, rec = _run(st, sample_videos_dir / CARPHONE)
+    assert {s["split"] for s in segs} == {"train"} and rec["splits"] == {"train": {"segments": 3, "frames": 120}}
+    assert "eval_frame_start" not in rec and "train_only" not in rec
+
+
+def test_tokenizer_fit_sample_takes_only_train_frames(sample_videos_dir):
+    """``_fit_sample`` of a temporal video samples from its train part, also when decoding stops early."""
+    from pipeline.job import _fit_sample, _temporal_fit_frames, decode_config, normalize_config
+
+    cfg = normalize_config({"inputs": "x", "resolution": 32, "max_frames_per_segment": 64, "min_frames": 8})
+    for name, n, head in [(CARPHONE, 120, 80), ("mmaction2_demo_skeleton_1080p_ptsgap.mp4", 72, 64)]:
+        path = str(sample_videos_dir / name)
+        limit = _temporal_fit_frames(cfg, head)
+        assert temporal_cut(limit, 0.25, 8, 64) >= head > temporal_cut(limit - 1, 0.25, 8, 64)
+        sample = _fit_sample(path, dataclasses.asdict(decode_config(cfg, max_frames=limit)), 200, "temporal")
+        whole = decode_video(path, DecodeConfig(resolution=32, min_frames=1)).frames
+        cut = temporal_cut(n, 0.25, 8, 64)
+        assert 0 < len(sample) <= cut
+        flat = whole.reshape(len(whole), -1)
+        idx = [int(np.flatnonzero((flat == f.reshape(-1)).all(axis=1))[0]) for f in sample]
+        assert max(idx) < cut, f"{name}: sampled frame {max(idx)} is in the eval part (from {cut})"
 
 
 def test_decode_bad_inputs_have_reasons(stage, broken):
@@ -453,23 +613,32 @@ def test_decode_tokenize_stage_equals_the_two_stages(tmp_path, sample_videos_dir
         assert np.array_equal(row_tokens(g), row_tokens(w))
     bad = json.loads(got[4]["record"])
     assert got[4]["video_id"] == "txt" and bad["status"] == "failed" and "text" in bad["reason"]
+    # a temporal item: the cut is made in DecodeStage, so this layout and the actor-pool one get the same rows
+    item = {"video_id": "car", "source": str(sample_videos_dir / CARPHONE), "split": "temporal"}
+    got = pa.concat_tables(list(fused(pa.Table.from_pylist([item])))).to_pylist()
+    want = [r for r in st.process(item) if r["kind"] == "segment"]
+    key = ("split", "segment", "frame_start", "num_frames")
+    assert [tuple(g[k] for k in key) for g in got[:-1]] == [tuple(w[k] for k in key) for w in want] == [
+        ("train", 0, 0, 50), ("train", 1, 50, 40), ("eval", 2, 90, 30)
+    ]
+    for g, w in zip(got, want):
+        assert np.array_equal(row_tokens(g), tok.encode(w["frames"]).numpy())
+    assert got[-1]["split"] == "temporal" and json.loads(got[-1]["record"])["eval_frame_start"] == 90
 
 
 # ====================================================================================== training windows
-def test_iter_training_windows_shapes_and_determinism():
+def test_segment_windows_tile_each_segment_at_a_random_offset():
+    from pipeline.readers import _segment_windows
+
     rng = np.random.default_rng(0)
-    rows = []
-    for i, t in enumerate([40, 9, 3, 25, 17]):
-        codes = rng.integers(0, 100, (t, 4, 4))
-        rows.append({"tokens": codes.astype(np.uint16).reshape(-1), "token_shape": [t, 4, 4], "video_id": str(i)})
-    batches = list(iter_training_windows(rows, chunk_size=8, batch_size=3, seed=1, epoch=0))
-    # windows: 40 -> 5, 9 -> 1, 3 -> 0, 25 -> 3, 17 -> 2: 11 windows -> 3 full batches
-    assert len(batches) == 3 and all(b.shape == (3, 8, 4, 4) and b.dtype == torch.long for b in batches)
-    again = list(iter_training_windows(rows, chunk_size=8, batch_size=3, seed=1, epoch=0))
-    assert all(torch.equal(a, b) for a, b in zip(batches, again))
-    other = list(iter_training_windows(rows, chunk_size=8, batch_size=3, seed=1, epoch=1))
-    assert not all(torch.equal(a, b) for a, b in zip(batches, other))
-    allw = list(iter_training_windows(rows, chunk_size=8, batch_size=3, seed=1, epoch=0, drop_last=False))
-    assert sum(len(b) for b in allw) == 11
-    with pytest.raises(ValueError):
-        next(iter_training_windows(rows, chunk_size=0, batch_size=1, seed=0, epoch=0))
+    for t in (40, 9, 3, 25, 17):
+        codes = rng.integers(0, 100, (t, 4, 4)).astype(np.uint16)
+        row = {"tokens": codes.reshape(-1), "token_shape": [t, 4, 4], "video_id": f"v{t}", "segment": 0}
+        for repeats in (1, 3):
+            out = _segment_windows(row, chunk_size=8, repeats=repeats)
+            assert len(out) == repeats * (t // 8)  # 40 -> 5, 9 -> 1, 3 -> 0, 25 -> 3, 17 -> 2 per repeat
+            for w in out:
+                start = int(w["window"].rsplit(":", 1)[1])
+                assert 0 <= start <= t - 8 and w["video_id"] == f"v{t}"
+                assert w["tokens"].shape == (8, 4, 4) and w["tokens"].dtype == np.uint16
+                assert np.array_equal(w["tokens"], codes[start : start + 8])

