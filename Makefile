@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch (already on the machine here); a CUDA build on GPU nodes satisfies the same requirement
