@@ -9,6 +9,12 @@ training worker does (:func:`pipeline.readers.iter_window_batches`, ``local`` wi
 Data re-executes the dataset every epoch), windows/s, the mean number of distinct videos per batch next
 to what random draws give, and the driver's peak RSS. Modes are interleaved epoch by epoch so machine
 noise hits them alike.
+
+Measured on the 2-core VM with the demo's tokens (59 training videos of 48 frames, 1,770 windows of 8
+frames per epoch, batch 8, 3 epochs): ``none`` 1.91 s per epoch, 1.20 distinct videos per batch;
+``local`` 2.04 s, 7.57; ``global`` 2.03 s, 7.54; random draws give 7.55. Shuffling costs 7 % of the
+read time here, far below a training step; ``local`` is the default because it stays streaming with
+memory bounded by the buffer, while ``global`` materialises every window of the epoch.
 """
 
 from __future__ import annotations
