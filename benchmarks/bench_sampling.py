@@ -18,6 +18,11 @@ formula), the wall time, the time per NFE, and two overheads of the sampler:
 - ``vs in-run``: wall time over the time spent inside the backbone during the same run (robust to
   machine load, which shifts the two numbers of ``vs bare`` independently).
 
+With ``--head-modes masked,dense`` every case runs with both output heads of
+:func:`~maskflow.sampling.generate`: ``masked`` computes the ``K``-way head only for the tokens the
+sampler draws (MGM: still-masked tokens; FM: jumping tokens; the time inside that projection counts as
+in-run backbone time), ``dense`` every position's logits; the samples are checked to be identical.
+
 With ``--repeats N`` every number is the best of N runs. On a shared CPU, ``--threads 1`` avoids the
 thread-pool stalls that make 2-thread timings swing by 10x under load.
 """
@@ -86,21 +91,33 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
 
 
 class TimedBackbone:
-    """Forwards to the backbone and accumulates the seconds spent inside it."""
+    """Forwards to the backbone and accumulates the seconds spent inside it (including the masked head's
+    ``project_positions``, exposed when the backbone has it, so that the Denoiser can use it)."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.model, self.device = model, device
         self.codebook_size, self.mask_token_id = model.codebook_size, model.mask_token_id
         self.seconds = 0.0
+        if callable(getattr(model, "project_positions", None)):
+            self.config = model.config
+            self.project_positions = self._project_positions
+
+    def _project_positions(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        self._sync()
+        t0 = time.perf_counter()
+        out = self.model.project_positions(hidden, index)
+        self._sync()
+        self.seconds += time.perf_counter() - t0
+        return out
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         self._sync()
         t0 = time.perf_counter()
-        out = self.model(tokens, t)
+        out = self.model(tokens, t, **kwargs)
         self._sync()
         self.seconds += time.perf_counter() - t0
         return out
@@ -123,7 +140,7 @@ def bare_forwards(model: nn.Module, shape: tuple[int, ...], passes: int, cap: in
 
 
 # ================================================================================ benchmark
-def run_case(model, args, sampler: str, steps: int, num_frames: int) -> dict:
+def run_case(model, args, sampler: str, steps: int, num_frames: int, head: str = "masked") -> dict:
     device = torch.device(args.device)
     config = SamplerConfig(
         sampler=sampler, sampling_steps=steps, chunk_size=args.frames, n_context_frames=args.context,
@@ -136,13 +153,15 @@ def run_case(model, args, sampler: str, steps: int, num_frames: int) -> dict:
     for _ in range(args.repeats):
         timed = TimedBackbone(model, device)
         with torch.inference_mode():
-            result = generate(timed, context, num_frames, config, generator=gen)
+            gen.manual_seed(args.seed + 1)  # every head and repeat samples the same videos
+            result = generate(timed, context, num_frames, config, generator=gen, head=head)
             window = (args.batch * config.passes_per_step, min(args.frames, num_frames), args.latent, args.latent)
             bare = bare_forwards(model, window, result.nfe // config.passes_per_step, args.bare_cap, device)
         rows.append((result.wall_time_s, timed.seconds, bare, result.nfe))
     wall, inside, bare, nfe = (min(col) for col in zip(*rows))  # best of the repeats: robust to load spikes
     assert nfe == expected_nfe(config, num_frames), (sampler, nfe, expected_nfe(config, num_frames))
-    return dict(sampler=sampler, steps=steps, frames=num_frames, nfe=int(nfe), wall=wall, inside=inside, bare=bare)
+    return dict(sampler=sampler, steps=steps, frames=num_frames, nfe=int(nfe), wall=wall, inside=inside, bare=bare,
+                head=head, tokens=result.tokens.cpu())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,7 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="25 steps for FM, DF and Rolling")
     p.add_argument("--samplers", default="mgm,fm,diffusion_forcing,rolling", help="comma-separated subset")
+    p.add_argument("--head-modes", default="masked",
+                   help="output heads to run each case with: masked (default), dense, or masked,dense side by side")
     args = p.parse_args(argv)
+    heads = [h.strip() for h in args.head_modes.split(",") if h.strip()]
+    if not heads or any(h not in ("masked", "dense") for h in heads):
+        p.error(f"--head-modes must list masked and/or dense, got {args.head_modes!r}")
     if args.quick:
         args.fm_steps = args.df_steps = args.rolling_steps = 25
     if args.threads:
@@ -193,24 +217,29 @@ def main(argv: list[str] | None = None) -> None:
         if sampler not in args.samplers.split(","):
             continue
         for frames in (args.frames, length):
-            results.append(run_case(model, args, sampler, s, frames))
-            r = results[-1]
-            line = f"  done {sampler:<17} L={frames:<4} NFE={r['nfe']:<5} {r['wall']:.2f} s"
-            print(line, file=sys.stderr, flush=True)
+            for head in heads:
+                results.append(run_case(model, args, sampler, s, frames, head))
+                r = results[-1]
+                line = f"  done {sampler:<17} L={frames:<4} head={head:<6} NFE={r['nfe']:<5} {r['wall']:.2f} s"
+                print(line, file=sys.stderr, flush=True)
+            if len(heads) > 1:
+                same = all(torch.equal(results[-1]["tokens"], r["tokens"]) for r in results[-len(heads):])
+                print(f"  {sampler} L={frames}: samples of the {' and '.join(heads)} heads identical: {same}",
+                      file=sys.stderr, flush=True)
 
     header = (
-        f"{'sampler':<17} {'steps':>5} {'L':>4} {'NFE':>6} {'wall s':>8} {'ms/NFE':>8} {'bare s':>8} "
+        f"{'sampler':<17} {'head':<6} {'steps':>5} {'L':>4} {'NFE':>6} {'wall s':>8} {'ms/NFE':>8} {'bare s':>8} "
         f"{'vs bare':>8} {'in-run s':>8} {'vs in-run':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         print(
-            f"{r['sampler']:<17} {r['steps']:>5} {r['frames']:>4} {r['nfe']:>6} {r['wall']:>8.2f} "
+            f"{r['sampler']:<17} {r['head']:<6} {r['steps']:>5} {r['frames']:>4} {r['nfe']:>6} {r['wall']:>8.2f} "
             f"{1e3 * r['wall'] / r['nfe']:>8.2f} {r['bare']:>8.2f} {100 * (r['wall'] / r['bare'] - 1):>+7.1f}% "
             f"{r['inside']:>8.2f} {100 * (r['wall'] / r['inside'] - 1):>+8.1f}%"
         )
-    by = {(r["sampler"], r["frames"]): r for r in results}
+    by = {(r["sampler"], r["frames"]): r for r in results if r["head"] == heads[0]}
     if ("mgm", args.frames) not in by or ("fm", args.frames) not in by:
         return
     mgm, fm = by[("mgm", args.frames)], by[("fm", args.frames)]

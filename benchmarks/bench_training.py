@@ -7,6 +7,7 @@ Usage::
     python benchmarks/bench_training.py --frames 16 --latent 32 --batch 2   # force a shape
     python benchmarks/bench_training.py --threads 1     # on a busy CPU box, one thread is often much faster
     python benchmarks/bench_training.py --cases shape_a --steps 1   # only shape A
+    python benchmarks/bench_training.py --head-modes masked,dense --cases main   # the K-way head side by side
 
 What is measured, per configuration (each in a fresh subprocess so that peak memory is its own):
 
@@ -17,6 +18,10 @@ What is measured, per configuration (each in a fresh subprocess so that peak mem
   and attention), and on CUDA the MFU against the device's dense bf16 peak;
 * peak memory: CUDA ``max_memory_allocated``, or on CPU the process's peak RSS (absolute, and its
   growth during the steps over the RSS after building model and optimiser);
+* with ``--head-modes masked,dense`` every case runs twice, once with the ``K``-way head only at the masked
+  positions, fused with the cross-entropy in chunks (``ObjectiveConfig(head='masked')``, the default)
+  and once with the dense head and loss (``head='dense'``, the reference), and a side-by-side table
+  (step time, peak memory, loss) closes the report;
 * corruption alone (levels + masks), to compare with the dense one-hot corruption of the authors' code,
   whose size ``B·T·h·w·(K+1)`` float32 values is computed (not allocated).
 
@@ -82,6 +87,7 @@ class Case:
     hidden: int | None = None
     heads: int | None = None
     checkpointing: bool = False
+    head: str = "masked"  # ObjectiveConfig.head: 'masked' (fused, masked positions only) or 'dense'
 
 
 def training_flops(cfg: BackboneConfig, batch: int, frames: int) -> float:
@@ -140,7 +146,7 @@ def run_case(case: Case, steps: int, device: torch.device) -> dict:
     optimizer = build_optimizer(model, lr=optim_cfg.lr)
     ema = EMA(model, decay=optim_cfg.ema_decay)
     scaler = build_grad_scaler(optim_cfg, device)
-    objective = MaskFlowObjective(ObjectiveConfig())
+    objective = MaskFlowObjective(ObjectiveConfig(head=case.head))
     gen = torch.Generator(device=device).manual_seed(0)
     x1 = torch.randint(0, case.codebook, (case.batch, case.frames, case.latent, case.latent), generator=gen, device=device)
 
@@ -215,7 +221,7 @@ def gib(n: float) -> str:
 def report(r: dict) -> None:
     c = r["case"]
     shape = f"batch {c['batch']} × {c['frames']} frames × {c['latent']}×{c['latent']} tokens, K={c['codebook']}"
-    print(f"\n== {c['name']}: {c['size']}"
+    print(f"\n== {c['name']}: {c['size']}, head {c.get('head', 'masked')}"
           + (f" (depth {c['depth']})" if c.get("depth") else "")
           + f", {r['parameters'] / 1e6:.1f}M parameters; {shape}")
     print(f"   device {r['device']} ({r['threads']} threads)")
@@ -248,6 +254,9 @@ def main() -> None:
     ap.add_argument("--shape-a", action="store_true", help="also run the notes' shape A (slow on CPU: ~minutes)")
     ap.add_argument("--cases", default=None,
                     help="comma list of main,batch2,shape_b,shape_a (default: all but shape_a on CPU)")
+    ap.add_argument("--head-modes", default="masked",
+                    help="comma list of K-way head modes to run each case with: masked (default), dense, or "
+                         "masked,dense for a side-by-side comparison")
     ap.add_argument("--_single", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -292,11 +301,30 @@ def main() -> None:
     if "shape_a" in wanted:
         cases.append(Case(name="shape A", size="S/2", batch=2, **paper))
 
-    results = {}
+    heads = [h.strip() for h in args.head_modes.split(",") if h.strip()]
+    if not heads or any(h not in ("masked", "dense") for h in heads):
+        ap.error(f"--head-modes must list masked and/or dense, got {args.head_modes!r}")
+    results, pairs = {}, []
     for case in cases:
-        r = run_in_subprocess(case, steps, str(device), torch.get_num_threads())
-        results[case.name] = r
-        report(r)
+        names = []
+        for head in heads:
+            name = case.name if head == heads[0] else f"{case.name} [{head} head]"
+            r = run_in_subprocess(Case(**dict(asdict(case), name=name, head=head)), steps, str(device),
+                                  torch.get_num_threads())
+            results[name] = r
+            names.append(name)
+            report(r)
+        pairs.append((case.name, names))
+    if len(heads) > 1:
+        mem_key = "peak_bytes" if on_gpu else "peak_rss_bytes"
+        print(f"\n== K-way head side by side ({' vs '.join(heads)}; memory = "
+              f"{'CUDA peak allocated' if on_gpu else 'process peak RSS'})")
+        for base, names in pairs:
+            cells = "   ".join(
+                f"{results[n]['case']['head']}: {results[n]['step_s']:.3f} s/step, {gib(results[n][mem_key])}, "
+                f"loss {results[n]['loss']:.4f}" for n in names)
+            ratio = results[names[-1]]["step_s"] / results[names[0]]["step_s"]
+            print(f"   {base}: {cells}   ({heads[-1]}/{heads[0]} time {ratio:.2f}×)")
 
     b2 = results.get("main @ batch 2", results.get("main"))
     if b2 is None:

@@ -200,6 +200,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_weighting=cfg.method.loss_weighting,
             snr_clip=float(cfg.method.snr_clip),
             cum_snr_decay=float(cfg.method.cum_snr_decay),
+            head=str(cfg.method.get("head", "masked")),
+            head_chunk_rows=int(cfg.method.get("head_chunk_rows", 4096)),
         )
     )
 

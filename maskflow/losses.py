@@ -1,4 +1,13 @@
-r"""The training loss: masked cross-entropy (eq. 7) and frame-level (fused-)SNR weights (appendix A.3)."""
+r"""The training loss: masked cross-entropy (eq. 7) and frame-level (fused-)SNR weights (appendix A.3).
+
+Two implementations of eq. 7 give the same loss and gradients (up to float rounding):
+
+- :func:`masked_cross_entropy` takes dense logits ``[B, T, h, w, K]`` (the reference, ``head='dense'``);
+- :func:`fused_masked_cross_entropy` takes the head's input at the masked positions only and fuses the
+  ``K``-way linear head with the cross-entropy, chunk by chunk, forward and backward
+  (``head='masked'``, the default): with ``K = 16384`` the dense logits and their float32 copy are the
+  largest tensors of a training step, and eq. 7 needs only the masked rows.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,17 @@ from einops import rearrange
 
 from maskflow.schedules import Scheduler
 
-__all__ = ["LossOutput", "masked_cross_entropy", "snr", "snr_weights", "SNR_FORMULAS"]
+__all__ = [
+    "LossOutput",
+    "masked_cross_entropy",
+    "fused_masked_cross_entropy",
+    "snr",
+    "snr_weights",
+    "SNR_FORMULAS",
+    "DEFAULT_HEAD_CHUNK_ROWS",
+]
+
+DEFAULT_HEAD_CHUNK_ROWS = 4096
 
 SNR_FORMULAS = ("paper", "reference")
 
@@ -88,6 +107,149 @@ def masked_cross_entropy(
         else:
             accuracy = torch.zeros((), device=logits.device)
     return LossOutput(loss=loss, accuracy=accuracy, num_masked=num_masked, masked_ce=masked_ce)
+
+
+def _matmul_dtype(device: torch.device, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype ``F.linear`` would compute in here: the autocast dtype when autocast is on, else the parameter's."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return param_dtype
+
+
+class _ChunkedHeadCrossEntropy(torch.autograd.Function):
+    r"""Fused ``K``-way head + cross-entropy over row chunks; no ``[M, K]`` logits tensor is kept.
+
+    Inputs (rows sorted by sub-position, ``groups[s]`` rows of sub-position ``s`` in a row):
+    ``rows [M, D]``, ``weight [p², K, D]``, ``bias [p², K]``, ``targets`` int64 ``[M]``,
+    ``row_weights`` float32 ``[M]``. Outputs: the weighted CE sum :math:`\sum_n w_n \mathrm{CE}_n`
+    (float32 scalar, differentiable), the unweighted CE sum and the number of rows whose argmax is
+    the target (float32 scalars, not differentiable). Forward and backward each recompute one chunk's
+    logits ``[≤ chunk_rows, K]`` in float32 at a time (the matmuls run in ``dtype``, as autocast would
+    run them); the weight and bias gradients are accumulated in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias, targets, row_weights, groups, chunk_rows, dtype):
+        with torch.autocast(rows.device.type, enabled=False):
+            w_c, b_c, h_c = weight.to(dtype), bias.to(dtype), rows.to(dtype)
+            wsum = torch.zeros((), dtype=torch.float32, device=rows.device)
+            ce_sum = torch.zeros_like(wsum)
+            correct = torch.zeros_like(wsum)
+            start = 0
+            for s, count in enumerate(groups):
+                for lo in range(start, start + count, chunk_rows):
+                    hi = min(lo + chunk_rows, start + count)
+                    logits = F.linear(h_c[lo:hi], w_c[s], b_c[s]).float()  # (m, K)
+                    tgt = targets[lo:hi]
+                    ce = torch.logsumexp(logits, dim=-1) - logits.gather(1, tgt[:, None]).squeeze(1)  # (m,)
+                    wsum += (ce * row_weights[lo:hi]).sum()
+                    ce_sum += ce.sum()
+                    correct += (logits.argmax(dim=-1) == tgt).sum()
+                    del logits
+                start += count
+        ctx.save_for_backward(rows, weight, bias, targets, row_weights)
+        ctx.groups, ctx.chunk_rows, ctx.dtype = groups, chunk_rows, dtype
+        ctx.mark_non_differentiable(ce_sum, correct)
+        return wsum, ce_sum, correct
+
+    @staticmethod
+    def backward(ctx, grad_wsum, _grad_ce, _grad_correct):
+        rows, weight, bias, targets, row_weights = ctx.saved_tensors
+        dtype = ctx.dtype
+        need_rows, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_rows = torch.zeros_like(rows) if need_rows else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        g = grad_wsum.float()
+        with torch.autocast(rows.device.type, enabled=False):
+            w_c, b_c, h_c = weight.to(dtype), bias.to(dtype), rows.to(dtype)
+            start = 0
+            for s, count in enumerate(ctx.groups):
+                for lo in range(start, start + count, ctx.chunk_rows):
+                    hi = min(lo + ctx.chunk_rows, start + count)
+                    logits = F.linear(h_c[lo:hi], w_c[s], b_c[s]).float()  # (m, K)
+                    grad = logits.softmax(dim=-1)  # d CE / d logits = softmax - onehot
+                    del logits
+                    grad.scatter_add_(1, targets[lo:hi, None], grad.new_full((hi - lo, 1), -1.0))
+                    grad.mul_((row_weights[lo:hi] * g)[:, None])
+                    if need_b:
+                        grad_b[s] += grad.sum(dim=0)
+                    grad_lo = grad.to(dtype)
+                    del grad
+                    if need_rows:
+                        grad_rows[lo:hi] = (grad_lo @ w_c[s]).to(rows.dtype)
+                    if need_w:
+                        grad_w[s] += (grad_lo.t() @ h_c[lo:hi]).float()
+                start += count
+        grad_w = grad_w.to(weight.dtype) if need_w else None
+        grad_b = grad_b.to(bias.dtype) if need_b else None
+        return grad_rows, grad_w, grad_b, None, None, None, None, None
+
+
+def fused_masked_cross_entropy(
+    rows: torch.Tensor,
+    sub: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    targets: torch.Tensor,
+    row_weights: torch.Tensor | None = None,
+    *,
+    chunk_rows: int = DEFAULT_HEAD_CHUNK_ROWS,
+    eps: float = 1e-8,
+) -> LossOutput:
+    r"""Eq. 7's masked cross-entropy computed from the head's input at the masked positions only.
+
+    The same loss as :func:`masked_cross_entropy` (weighted eq. 7, ``masked_ce``, ``accuracy``,
+    ``num_masked``), but the ``K``-way head is applied only to the ``M`` masked positions, fused with
+    the cross-entropy and chunked: at most ``chunk_rows × K`` float32 logits exist at once, in the
+    forward pass and (recomputed) in the backward pass. With ``K = 16384`` this removes the dense
+    ``[B, T, h, w, K]`` logits and their float32 copy from training.
+
+    Args:
+        rows: float ``[M, D]``, the hidden state of each masked position's patch
+            (:meth:`~maskflow.models.MaskFlowTransformer.head_rows`), with grad.
+        sub: int64 ``[M]`` in ``[0, p²)``, each position's sub-position in its patch.
+        weight: ``[p², K, D]`` head weight by sub-position (:meth:`~maskflow.models.MaskFlowTransformer.head_weights`).
+        bias: ``[p², K]``.
+        targets: int64 ``[M]`` in ``[0, K - 1]``, the clean codes ``x_1`` at those positions.
+        row_weights: optional float ``[M]``, the frame weight ``w_f`` of each position; ``None`` = 1.
+        chunk_rows: rows per chunk (>= 1).
+        eps: added to ``M`` in the normalisation, as in :func:`masked_cross_entropy`.
+
+    Returns:
+        :class:`LossOutput`; ``loss`` is a float32 scalar with grad w.r.t. ``rows``, ``weight`` and
+        ``bias`` (0 with zero gradients when ``M = 0``).
+
+    Raises:
+        ValueError: mismatched shapes or ``chunk_rows < 1``.
+    """
+    m = rows.shape[0]
+    if rows.ndim != 2 or sub.shape != (m,) or targets.shape != (m,):
+        raise ValueError(
+            f"rows must be [M, D] with sub and targets [M]; got {tuple(rows.shape)}, {tuple(sub.shape)}, {tuple(targets.shape)}"
+        )
+    if weight.ndim != 3 or bias.shape != weight.shape[:2] or weight.shape[2] != rows.shape[1]:
+        raise ValueError(f"weight must be [p², K, D={rows.shape[1]}] and bias [p², K]; got {tuple(weight.shape)}, {tuple(bias.shape)}")
+    if row_weights is not None and row_weights.shape != (m,):
+        raise ValueError(f"row_weights must be [M] = ({m},), got {tuple(row_weights.shape)}")
+    if int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    w = torch.ones(m, dtype=torch.float32, device=rows.device) if row_weights is None else row_weights.float()
+    p2 = weight.shape[0]
+    if p2 > 1:  # group the rows by sub-position (the loss is a sum: order does not matter)
+        order = torch.argsort(sub, stable=True)
+        groups = tuple(torch.bincount(sub, minlength=p2).tolist())
+        rows, targets, w = rows[order], targets[order], w[order]
+    else:
+        groups = (m,)
+    dtype = _matmul_dtype(rows.device, weight.dtype)
+    wsum, ce_sum, correct = _ChunkedHeadCrossEntropy.apply(
+        rows, weight, bias, targets, w, groups, int(chunk_rows), dtype
+    )
+    loss = wsum / (m + eps)
+    masked_ce = ce_sum / (m + eps)
+    accuracy = correct / m if m else torch.zeros((), device=rows.device)
+    return LossOutput(loss=loss, accuracy=accuracy, num_masked=int(m), masked_ce=masked_ce)
 
 
 def snr(t: torch.Tensor, scheduler: Scheduler, *, snr_formula: str = "paper", eps: float = 1e-6) -> torch.Tensor:

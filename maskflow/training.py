@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from maskflow.losses import SNR_FORMULAS, LossOutput, masked_cross_entropy, snr_weights
+from maskflow.losses import (
+    DEFAULT_HEAD_CHUNK_ROWS,
+    SNR_FORMULAS,
+    LossOutput,
+    fused_masked_cross_entropy,
+    masked_cross_entropy,
+    snr_weights,
+)
 from maskflow.masking import MASKING_MODES, mask_tokens, sample_frame_levels
 from maskflow.schedules import SCHEDULERS, get_scheduler
 
@@ -37,6 +44,7 @@ __all__ = [
 ]
 
 LOSS_WEIGHTINGS = ("fused_snr", "snr", "none")
+HEADS = ("masked", "dense")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -67,6 +75,15 @@ class ObjectiveConfig:
         cum_snr_decay: ``d``, decay of the fused running SNR.
         snr_formula: ``'paper'`` (A.3: κ²/(1−κ²)) or ``'reference'`` (authors' code: κ²/(1−κ)²).
         level_eps: lower bound of sampled levels, ``t = (1 − eps)·U + eps``.
+        head: ``'masked'`` (default) applies the ``K``-way output head only at the masked positions, fused
+            with eq. 7's cross-entropy in chunks of ``head_chunk_rows`` rows
+            (:func:`~maskflow.losses.fused_masked_cross_entropy`): no ``[B, T, h, w, K]`` logits. Models
+            without ``head_rows``/``head_weights`` (or ``forward(..., return_hidden=True)``) fall back to
+            the dense path. ``'dense'`` computes every position's logits and then
+            :func:`~maskflow.losses.masked_cross_entropy` — the reference; both give the same loss and
+            gradients up to float rounding.
+        head_chunk_rows: rows (masked positions) per chunk of the fused head + cross-entropy; the peak
+            extra memory is about ``3 · head_chunk_rows · K`` float32 values.
 
     Raises:
         ValueError: a setting outside its allowed values, naming it.
@@ -80,6 +97,8 @@ class ObjectiveConfig:
     cum_snr_decay: float = 0.8
     snr_formula: str = "paper"
     level_eps: float = 1e-3
+    head: str = "masked"
+    head_chunk_rows: int = DEFAULT_HEAD_CHUNK_ROWS
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -98,6 +117,10 @@ class ObjectiveConfig:
             raise ValueError(f"snr_formula must be one of {SNR_FORMULAS}, got {self.snr_formula!r}")
         if not 0.0 <= self.level_eps < 1.0:
             raise ValueError(f"level_eps must lie in [0, 1), got {self.level_eps}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if int(self.head_chunk_rows) < 1:
+            raise ValueError(f"head_chunk_rows must be >= 1, got {self.head_chunk_rows}")
 
 
 class MaskFlowObjective:
@@ -145,9 +168,16 @@ class MaskFlowObjective:
     def __call__(self, model: nn.Module, x1: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """Loss of ``model`` on clean chunks ``x1`` (Algorithm 1 lines 2–9, eq. 7).
 
+        With ``head='masked'`` (and a backbone that supports it) the model is called as
+        ``model(x_t, t, return_hidden=True)`` — through any DDP/compile wrapper, so gradient
+        synchronisation still sees the call — and only the masked positions go through the ``K``-way head,
+        fused with the cross-entropy (:func:`~maskflow.losses.fused_masked_cross_entropy`). With
+        ``head='dense'``: ``model(x_t, t)`` then :func:`~maskflow.losses.masked_cross_entropy`.
+
         Args:
             model: a backbone (possibly DDP/compile-wrapped) with ``model(x_t, t) -> [B, T, h, w, K]``
-                and a ``mask_token_id`` on the bare module.
+                and a ``mask_token_id`` on the bare module (plus ``head_rows``/``head_weights`` for the
+                masked head).
             x1: int64 ``[B, T, h, w]``, clean codes in ``[0, K - 1]``.
             generator: source of randomness on ``x1``'s device (levels, context counts, masks).
 
@@ -163,8 +193,19 @@ class MaskFlowObjective:
         mask_id = unwrap_model(model).mask_token_id
         t = self.sample_levels(b, t_frames, generator=generator, device=x1.device)
         masked = mask_tokens(x1, t, self.scheduler, mask_id, generator=generator)
+        weights = self.frame_weights(t)  # (B, T) or None
+        bare = unwrap_model(model)
+        if self.config.head == "masked" and callable(getattr(bare, "head_rows", None)):
+            hidden = model(masked.x_t, t, return_hidden=True)  # (B, T, N, D)
+            index = masked.is_masked.nonzero(as_tuple=True)  # 4 × (M,), row-major like is_masked's order
+            rows, sub = bare.head_rows(hidden, index)  # (M, D), (M,)
+            weight, bias = bare.head_weights()  # (p², K, D), (p², K)
+            row_weights = weights[index[0], index[1]] if weights is not None else None
+            return fused_masked_cross_entropy(
+                rows, sub, weight, bias, x1[index], row_weights, chunk_rows=self.config.head_chunk_rows
+            )
         logits = model(masked.x_t, t)  # (B, T, h, w, K)
-        return masked_cross_entropy(logits, x1, masked.is_masked, self.frame_weights(t))
+        return masked_cross_entropy(logits, x1, masked.is_masked, weights)
 
 
 # ================================================================================ optimisation

@@ -5,7 +5,10 @@ One file, in the order of the forward pass (DiT's layout):
 1. embedding layers — code embedding, 2×2 patch embedding, per-frame time embedding;
 2. the core block — adaLN-Zero, attention either within a frame (spatial) or across frames (temporal);
 3. the final layer — adaLN + linear to ``p²·K`` logits per patch;
-4. the model — :class:`MaskFlowTransformer`;
+4. the model — :class:`MaskFlowTransformer`, whose ``forward(..., return_hidden=True)``,
+   :meth:`~MaskFlowTransformer.head_rows` and :meth:`~MaskFlowTransformer.project_positions` apply the
+   ``K``-way head only at requested token positions (training: masked tokens, eq. 7; sampling:
+   still-masked tokens, Algorithm 4 / FM's jumping tokens);
 5. fixed sin-cos position embeddings;
 6. size presets — :data:`MODEL_SIZES` and :func:`build_backbone`.
 
@@ -230,9 +233,13 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(d, cfg.patch_size**2 * cfg.codebook_size)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The head's input: ``x [B, T, N, D]`` after the final adaLN modulation, ``[B, T, N, D]``."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # (B, T, D) each
-        return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, N, p²K)
+        return modulate(self.norm(x), shift, scale)  # (B, T, N, D)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.hidden(x, c))  # (B, T, N, p²K)
 
 
 # ================================================================================ the model
@@ -320,16 +327,22 @@ class MaskFlowTransformer(nn.Module):
                     f"tokens must lie in [0, codebook_size={cfg.codebook_size}] (mask id included), got [{lo}, {hi}]"
                 )
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predict clean-token logits.
+    def forward(self, tokens: torch.Tensor, t: torch.Tensor, *, return_hidden: bool = False) -> torch.Tensor:
+        """Predict clean-token logits (or the head's input, to project only some positions).
 
         Args:
             tokens: int64 ``[B, T, h, w]`` in ``[0, K]``; ``K`` marks a masked token.
             t: float ``[B, T]`` in [0, 1], each frame's unmasking level (1 = clean). Ignored (zeros are
                 used) when ``config.time_conditioning == 'independent'`` (eq. 8).
+            return_hidden: return the hidden states ``[B, T, N, D]`` after the final adaLN modulation,
+                before the ``D → p²K`` linear head, instead of the logits; :meth:`project_positions`
+                (or :func:`maskflow.losses.fused_masked_cross_entropy`) then turns only the positions
+                that are needed into logits. A keyword of ``forward`` (not another method) so that DDP
+                and ``torch.compile`` wrappers see the call.
 
         Returns:
-            Logits ``[B, T, h, w, K]`` in the parameter (or autocast) dtype.
+            Logits ``[B, T, h, w, K]`` in the parameter (or autocast) dtype; with ``return_hidden`` the
+            hidden states ``[B, T, N, D]`` in that dtype.
 
         Raises:
             ValueError: wrong shapes or dtype; token ids out of ``[0, K]`` (checked for CPU tensors only,
@@ -349,9 +362,76 @@ class MaskFlowTransformer(nn.Module):
                 x = checkpoint(block, x, c, use_reentrant=False)
             else:
                 x = block(x, c)  # (B, T, N, D)
+        if return_hidden:
+            return self.final_layer.hidden(x, c)  # (B, T, N, D)
         x = self.final_layer(x, c)  # (B, T, N, p²K)
         p, g = cfg.patch_size, cfg.grid_size
         return rearrange(x, "b t (gh gw) (p1 p2 k) -> b t (gh p1) (gw p2) k", gh=g, gw=g, p1=p, p2=p)
+
+    # ------------------------------------------------------------------ the head at chosen positions
+    def head_rows(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden state of the patch that carries each token position, and its sub-position.
+
+        One transformer token carries the ``p × p`` token positions of its patch; the head's output for
+        a patch is laid out ``(p1 p2 k)`` (see :meth:`forward`), so token position ``(b, f, y, x)``
+        reads patch ``(y // p, x // p)`` and the ``K`` weight rows of sub-position
+        ``s = (y % p)·p + (x % p)``, i.e. ``linear.weight.view(p², K, D)[s]``.
+
+        Args:
+            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
+            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors on ``hidden``'s device: batch row,
+                frame, token row and token column of each requested position.
+
+        Returns:
+            ``(rows, sub)``: ``rows [M, D]`` (hidden's dtype; differentiable w.r.t. ``hidden``) and
+            ``sub`` int64 ``[M]`` in ``[0, p²)``.
+        """
+        p, g = self.config.patch_size, self.config.grid_size
+        b, f, y, x = index
+        rows = hidden[b, f, (y // p) * g + (x // p)]  # (M, D)
+        return rows, (y % p) * p + (x % p)
+
+    def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's parameters by sub-position: weight ``[p², K, D]`` and bias ``[p², K]`` (views)."""
+        p2, k = self.config.patch_size**2, self.config.codebook_size
+        linear = self.final_layer.linear
+        return linear.weight.view(p2, k, -1), linear.bias.view(p2, k)
+
+    def project_positions(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits at the requested token positions only: the ``K``-way head applied to ``M`` rows.
+
+        Row ``n`` of the result equals ``forward(tokens, t)[b[n], f[n], y[n], x[n]]`` (same weights,
+        same order), but only ``M·K`` logits are computed instead of ``B·T·h·w·K``: each row is
+        projected with the ``K`` weight rows of its sub-position (:meth:`head_rows`), never with the
+        whole patch's ``p²K``. Rows are grouped by sub-position (one host sync for the group sizes
+        when ``p > 1``) and written back in request order.
+
+        Args:
+            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
+            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors (see :meth:`head_rows`).
+
+        Returns:
+            Logits ``[M, K]`` in ``hidden``'s dtype (the linear's output dtype under autocast).
+        """
+        rows, sub = self.head_rows(hidden, index)
+        weight, bias = self.head_weights()
+        if weight.shape[0] == 1:
+            return F.linear(rows, weight[0], bias[0])
+        out = None
+        order = torch.argsort(sub, stable=True)
+        start = 0
+        for s, count in enumerate(torch.bincount(sub, minlength=weight.shape[0]).tolist()):
+            if count == 0:
+                continue
+            idx = order[start : start + count]
+            start += count
+            part = F.linear(rows[idx], weight[s], bias[s])  # (count, K)
+            if out is None:
+                out = part.new_empty((rows.shape[0], part.shape[1]))
+            out[idx] = part
+        if out is None:  # nothing requested
+            out = F.linear(rows, weight[0], bias[0])
+        return out
 
 
 # ================================================================================ sin-cos position embeddings

@@ -10,7 +10,7 @@ Public API (what the entry points use)::
 
 Modules: ``config`` (settings), ``chunkwise`` (Algorithm 2, the one chunk loop), ``mgm``
 (Algorithm 4), ``fm`` (Algorithm 3), ``guidance`` (time conditioning, partial context guidance, NFE
-counting), ``baselines`` (Diffusion Forcing pyramid, Rolling Diffusion), ``unmasking`` (MGM schedules),
+counting, the ``K``-way head only at the tokens a sampler draws), ``baselines`` (Diffusion Forcing pyramid, Rolling Diffusion), ``unmasking`` (MGM schedules),
 ``categorical`` (seeded token sampling), ``nfe`` (A.2 formulas), ``result`` (result dataclasses).
 """
 

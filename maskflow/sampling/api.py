@@ -69,6 +69,7 @@ def generate(
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    head: str = "masked",
 ) -> SampleResult:
     """Generate videos of ``num_frames`` frames that continue ``context`` (Algorithm 2 and the baselines).
 
@@ -81,6 +82,10 @@ def generate(
         config: the sampler settings (validated here).
         generator: randomness (on the device of ``context``); the same seed gives the same videos.
         progress: show a tqdm bar over chunks (Rolling Diffusion: over its phases).
+        head: ``'masked'`` (default): MGM and FM compute the ``K``-way head only for the tokens they
+            sample (still-masked / jumping tokens of the generated frames), when the backbone has
+            ``project_positions`` (see :class:`~maskflow.sampling.guidance.Denoiser`); ``'dense'``:
+            every position's logits (the reference). Same samples for a fixed seed.
 
     Returns:
         A :class:`SampleResult`: ``tokens`` int64 ``[B, L, h, w]`` with ``tokens[:, :m] == context``
@@ -89,7 +94,7 @@ def generate(
 
     Raises:
         ValueError: an invalid config (named setting and allowed range), a context of the wrong shape,
-            dtype or values, or a generator on another device.
+            dtype or values, a generator on another device, or an unknown ``head``.
         RuntimeError: a mask token survived sampling (a bug; never silently returned).
     """
     config.validate(num_frames)
@@ -103,6 +108,7 @@ def generate(
         partial_context_level=config.resolved_partial_context_level,
         time_conditioning=config.time_conditioning,
         generator=generator,
+        head=head,
     )
     b, m, hh, ww = context.shape
     length = int(num_frames)

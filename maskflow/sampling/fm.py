@@ -12,11 +12,14 @@ class, :math:`\delta_{x_t} + h u_t` puts mass :math:`1 - h\kappa'/(1-\kappa)` on
 :math:`h\kappa'/(1-\kappa)\, p_\theta(j)` on code ``j``: a masked token *jumps* with probability
 :math:`h\kappa'(t)/(1-\kappa(t))` (clipped to [0, 1]) to a code drawn from :math:`p_\theta`. That is how
 it is sampled here: one uniform per token decides the jump, and only the tokens that jump draw a code
-(one ``[n_jump, K]`` probability buffer; no one-hot :math:`\delta`, no dense ``p``). Each token jumps
-once per chunk, so the categorical work of a whole chunk is that of a single dense step, at the price
-of one host sync per step (the number of jumping tokens). Unmasked tokens never move. At the last step
-the jump probability is set to exactly 1 (the Euler rate is singular at :math:`\kappa(1) = 1`), so no
-masked token survives and the chunk takes exactly ``S`` passes.
+(one ``[n_jump, K]`` probability buffer; no one-hot :math:`\delta`, no dense ``p``). With the masked
+head (:meth:`~maskflow.sampling.guidance.Denoiser.lazy`) only those ``n_jump`` rows of logits are
+computed at all: the uniforms are drawn after the backbone pass, as in the dense path, and the
+``K``-way head runs on the jumping tokens alone. Each token jumps once per chunk, so the categorical
+work of a whole chunk is that of a single dense step, at the price of one host sync per step (the
+number of jumping tokens). Unmasked tokens never move. At the last step the jump probability is set
+to exactly 1 (the Euler rate is singular at :math:`\kappa(1) = 1`), so no masked token survives and
+the chunk takes exactly ``S`` passes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from maskflow.sampling.categorical import sample_categorical, uniform
-from maskflow.sampling.guidance import Denoiser
+from maskflow.sampling.guidance import Denoiser, HeadLogits
 from maskflow.schedules import Scheduler
 
 __all__ = ["fm_jump_probabilities", "jump_unmask", "sample_chunk_fm"]
@@ -49,7 +52,7 @@ def fm_jump_probabilities(steps: int, scheduler: Scheduler) -> list[float]:
 
 def jump_unmask(
     tokens: torch.Tensor,
-    logits: torch.Tensor,
+    logits: torch.Tensor | HeadLogits,
     p_unmask: float | torch.Tensor,
     *,
     mask_id: int,
@@ -62,7 +65,8 @@ def jump_unmask(
 
     Args:
         tokens: int64 ``[B, F, h, w]`` (generated frames; ``mask_id`` = masked).
-        logits: ``[B, F, h, w, K]``.
+        logits: ``[B, F, h, w, K]``, or :class:`~maskflow.sampling.guidance.HeadLogits` of these frames
+            (from :meth:`Denoiser.lazy`), of which only the jumping tokens' rows are computed.
         p_unmask: a float, or float32 ``[F]`` / ``[B, F]`` per frame, in [0, 1]; 1 unmasks every masked
             token of the frame, 0 none.
         mask_id: the mask token id ``K``.
@@ -76,7 +80,8 @@ def jump_unmask(
         p_unmask = p_unmask.reshape(*p_unmask.shape, 1, 1)  # [..., F, 1, 1]
     jump = (tokens == mask_id) & (uniform(tokens.shape, generator, tokens.device) < p_unmask)
     where = jump.nonzero(as_tuple=True)  # one host sync per step
-    codes, _ = sample_categorical(logits[where], temperature, generator, with_confidence=False)  # [n_jump]
+    rows = logits.rows(where) if isinstance(logits, HeadLogits) else logits[where]  # [n_jump, K], row-major order
+    codes, _ = sample_categorical(rows, temperature, generator, with_confidence=False)  # [n_jump]
     out = tokens.clone()
     out[where] = codes
     return out
@@ -112,7 +117,7 @@ def sample_chunk_fm(
     t = torch.ones(b, c + n_new, dtype=torch.float32, device=context.device)
     for i, p in enumerate(fm_jump_probabilities(steps, scheduler)):
         t[:, c:] = i / steps  # Algorithm 3: the generated frames share the global time t
-        logits = denoiser(x, t, c)  # [B, n_new, h, w, K]
+        logits = denoiser.lazy(x, t, c)  # [B, n_new, h, w, K] on request: only the jumping tokens' rows
         new = jump_unmask(x[:, c:], logits, p, mask_id=denoiser.mask_id, temperature=temperature, generator=generator)
         x[:, c:] = new
     return x[:, c:].clone()

@@ -1,12 +1,15 @@
 r"""MGM-style sampling of one chunk (Algorithm 4): confidence-based unmasking in ``S`` passes.
 
-Each step: one backbone pass; every masked token of the generated frames draws a code
+Each step: one backbone pass (with the masked head, :meth:`~maskflow.sampling.guidance.Denoiser.lazy`,
+the ``K``-way head runs only at the still-masked tokens: ``[B, n_{i-1}, K]`` logits instead of
+``[B, n·h·w, K]``); every masked token of the generated frames draws a code
 :math:`\hat x^n \sim \mathrm{Softmax}(\lambda^n/\tau)` and gets the confidence
 :math:`C_n = \mathrm{Softmax}(\lambda^n/\tau)_{\hat x^n}`; the most confident masked tokens are committed
 so that exactly :math:`n_i` tokens stay masked after step ``i`` (the unmasking schedule,
 :mod:`maskflow.sampling.unmasking`). Every video of the batch has the same number of masked tokens at
-every step, so the work is batched without host syncs: the masked positions are gathered into a
-``[B, n_{i-1}]`` index (a stable sort), only their logits are sampled (the cost shrinks as the chunk
+every step, so the work is batched without host syncs (the masked head's projection adds one per step
+when the patch size is above 1: the sizes of its sub-position groups): the masked positions are
+gathered into a ``[B, n_{i-1}]`` index (a stable sort), only their logits are sampled (the cost shrinks as the chunk
 fills), and one ``topk`` picks the tokens to commit. Committed tokens are final.
 The last step commits every remaining token, so the chunk takes exactly ``S`` passes and no mask token
 is left (Algorithm 4's early ``break`` can only trigger after the last step here).
@@ -76,15 +79,22 @@ def sample_chunk_mgm(
     flat = new.view(b, n_new * hh * ww)  # [B, N]; .view (never a copy): writing it writes x
     batch_index = torch.arange(b, device=x.device)[:, None]  # [B, 1]
     for i, n_left in enumerate(remaining):
-        logits = denoiser(x, t, c)  # [B, n, h, w, K]
+        head = denoiser.lazy(x, t, c)  # logits of the generated frames [B, n, h, w, K], on request
         n_commit = prev - n_left
         if n_commit == 0:  # nothing left to unmask (fewer tokens than steps): the pass still counts
             continue
         # positions of the `prev` masked tokens of each video; only their logits are sampled
         pos = (flat == mask_id).to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :prev]  # [B, prev]
-        rows = rearrange(logits, "b f h w k -> b (f h w) k")
-        if prev < flat.shape[1]:  # (at the first step every token is masked: no gather needed)
-            rows = rows[batch_index, pos]  # [B, prev, K], whole rows copied
+        if head.is_dense:
+            rows = rearrange(head.dense(), "b f h w k -> b (f h w) k")
+            if prev < flat.shape[1]:  # (at the first step every token is masked: no gather needed)
+                rows = rows[batch_index, pos]  # [B, prev, K], whole rows copied
+        else:  # the K-way head only at the still-masked positions, in the same [B, prev] order
+            where = pos.reshape(-1)
+            frame, cell = where.div(hh * ww, rounding_mode="floor"), where.remainder(hh * ww)
+            row, col = cell.div(ww, rounding_mode="floor"), cell.remainder(ww)
+            index = (batch_index.expand(b, prev).reshape(-1), frame, row, col)
+            rows = head.rows(index).view(b, prev, -1)  # [B, prev, K]
         codes, conf = sample_categorical(rows, temperature, generator)  # [B, prev] each
         if gumbel_temperature > 0:
             anneal = 1.0 - i / (steps - 1) if steps > 1 else 1.0
