@@ -106,6 +106,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"method.max_context_frames={int(cfg.n_context_frames)}",
             f"optim.lr={float(cfg.lr)}",
             "optim.warmup_steps=20",
+            f"optim.lr_decay={cfg.lr_decay}",
             "optim.ema_decay=0.995",  # a few hundred steps: a 0.9999 EMA would still be the initial weights
             "optim.ema_warmup=true",
             f"loop.max_steps={int(cfg.max_steps)}",

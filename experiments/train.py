@@ -68,6 +68,8 @@ def validate_config(cfg: DictConfig) -> None:
         )
     if int(cfg.scaling.num_workers) < 1:
         raise ConfigError(f"scaling.num_workers must be >= 1, got {cfg.scaling.num_workers}")
+    if cfg.optim.get("lr_decay", "constant") not in ("constant", "cosine"):
+        raise ConfigError(f"optim.lr_decay must be constant or cosine, got {cfg.optim.lr_decay!r}")
     if cfg.optim.precision not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"optim.precision must be bf16, fp16 or fp32, got {cfg.optim.precision!r}")
     if str(cfg.scaling.use_gpu).lower() not in ("auto", "true", "false"):
@@ -190,7 +192,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if optim_cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(_unwrap(model), lr=optim_cfg.lr, betas=optim_cfg.betas, weight_decay=optim_cfg.weight_decay)
-    lr_schedule = build_lr_schedule(optimizer, warmup_steps=optim_cfg.warmup_steps)
+    lr_schedule = build_lr_schedule(optimizer, warmup_steps=optim_cfg.warmup_steps,
+                                    decay=str(cfg.optim.get("lr_decay", "constant")), total_steps=int(cfg.loop.max_steps))
     scaler = build_grad_scaler(optim_cfg, device)
     objective = MaskFlowObjective(
         ObjectiveConfig(

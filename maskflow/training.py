@@ -46,6 +46,7 @@ __all__ = [
 LOSS_WEIGHTINGS = ("fused_snr", "snr", "none")
 HEADS = ("masked", "dense")
 PRECISIONS = ("bf16", "fp16", "fp32")
+LR_DECAYS = ("constant", "cosine")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -284,19 +285,36 @@ def build_optimizer(
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas))
 
 
-def build_lr_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_steps`` optimiser steps, then the constant base LR.
+def build_lr_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int = 0, *, decay: str = "constant", total_steps: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then the constant base LR (the paper's
+    recipe) or a cosine decay to 0 at ``total_steps``.
 
-    The factor at scheduler step ``s`` is ``min(1, (s + 1) / warmup_steps)`` (1 when ``warmup_steps = 0``);
-    call ``.step()`` once after every ``optimizer.step()``.
+    The factor at scheduler step ``s`` is ``min(1, (s + 1) / warmup_steps)`` (1 when ``warmup_steps = 0``),
+    times ``(1 + cos(π · min(s, total_steps) / total_steps)) / 2`` with ``decay='cosine'``; call ``.step()``
+    once after every ``optimizer.step()``. The factor depends on ``s`` only, so a resumed run continues
+    the same curve.
 
     Raises:
-        ValueError: ``warmup_steps < 0``.
+        ValueError: ``warmup_steps < 0``, an unknown ``decay``, or ``decay='cosine'`` without
+            ``total_steps >= 1``.
     """
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    w = int(warmup_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 if w == 0 else min(1.0, (s + 1) / w))
+    if decay not in LR_DECAYS:
+        raise ValueError(f"decay must be one of {LR_DECAYS}, got {decay!r}")
+    if decay == "cosine" and int(total_steps) < 1:
+        raise ValueError(f"decay='cosine' needs total_steps >= 1, got {total_steps}")
+    w, n = int(warmup_steps), int(total_steps)
+
+    def factor(s: int) -> float:
+        f = 1.0 if w == 0 else min(1.0, (s + 1) / w)
+        if decay == "cosine":
+            f *= 0.5 * (1.0 + math.cos(math.pi * min(s, n) / n))
+        return f
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def build_grad_scaler(optim_config: OptimConfig, device: torch.device | str) -> torch.amp.GradScaler:

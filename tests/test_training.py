@@ -224,6 +224,25 @@ def test_lr_schedule_warms_up_linearly_then_stays_constant():
         build_lr_schedule(opt2, -1)
 
 
+def test_cosine_lr_schedule_decays_to_zero_at_total_steps_after_warmup():
+    import math
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = build_lr_schedule(opt, warmup_steps=2, decay="cosine", total_steps=8)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [2.0 * min(1.0, (s + 1) / 2) * 0.5 * (1 + math.cos(math.pi * min(s, 8) / 8)) for s in range(10)]
+    assert lrs == pytest.approx(expected) and lrs[8] == lrs[9] == 0.0
+    assert lrs[1] > lrs[4] > lrs[7] > 0  # monotone after the warm-up
+    with pytest.raises(ValueError, match="total_steps"):
+        build_lr_schedule(opt, 0, decay="cosine")
+    with pytest.raises(ValueError, match="decay"):
+        build_lr_schedule(opt, 0, decay="step")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
