@@ -156,6 +156,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "heldout_frames": sampled["num_frames"],
         "heldout_token_accuracy": q.get("token_accuracy"),
         "copy_last_frame_token_accuracy": q.get("copy_last_frame_token_accuracy"),
+        "foreground_token_accuracy": q.get("foreground_token_accuracy"),
+        "copy_last_frame_foreground_token_accuracy": q.get("copy_last_frame_foreground_token_accuracy"),
+        "foreground_share": q.get("foreground_share"),
+        "real_foreground_share": q.get("real_foreground_share"),
         "psnr_db": q.get("psnr"),
         "copy_last_frame_psnr_db": q.get("copy_last_frame_psnr"),
         "ssim": q.get("ssim"),
@@ -220,6 +224,9 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"  held-out    {q['heldout_clips']} clips ({q['split']} split), {q['heldout_frames']} frames from "
         f"{s['sampler'].get('n_context_frames')} real ones: generated vs copy-last-frame baseline",
         f"                token accuracy  {_fmt(q['heldout_token_accuracy'])}  vs  {_fmt(q['copy_last_frame_token_accuracy'])}",
+        f"                foreground acc  {_fmt(q['foreground_token_accuracy'])}  vs  "
+        f"{_fmt(q['copy_last_frame_foreground_token_accuracy'])}  (non-background tokens: "
+        f"{_fmt(q['foreground_share'])} generated, {_fmt(q['real_foreground_share'])} real)",
         f"                PSNR            {_fmt(q['psnr_db'], '.2f')}  vs  {_fmt(q['copy_last_frame_psnr_db'], '.2f')} dB",
         f"                FVD             {_fmt(q['fvd'], '.1f')} (N = {q['fvd_n'] or 'n/a'})",
         f"                held-out tokens with codes unseen in training: {_fmt(q['unseen_code_share'], '.3f')}",

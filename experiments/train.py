@@ -400,6 +400,9 @@ class _HeldoutProbe:
             return {
                 "heldout_token_accuracy": q["token_accuracy"],
                 "copy_last_frame_token_accuracy": q["copy_last_frame_token_accuracy"],
+                "heldout_foreground_token_accuracy": q["foreground_token_accuracy"],
+                "heldout_foreground_share": q["foreground_share"],
+                "real_foreground_share": q["real_foreground_share"],
                 "heldout_psnr_db": q["psnr"],
                 "copy_last_frame_psnr_db": q["copy_last_frame_psnr"],
                 "heldout_ssim": q["ssim"],

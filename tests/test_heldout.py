@@ -105,3 +105,22 @@ def test_unseen_code_share_counts_heldout_tokens_with_codes_absent_from_training
     assert unseen_code_share(str(tmp_path), 8) == pytest.approx(3 / 8)  # codes 3, 3 and 4 of 8 held-out tokens
     with pytest.raises(ValueError, match="codebook_size"):
         code_counts(str(tmp_path), "eval", 4)
+
+
+def test_foreground_scores_expose_content_that_fades_into_the_background():
+    from maskflow.metrics.continuation import foreground_scores
+
+    real = torch.zeros(1, 4, 4, 4, dtype=torch.long)  # background code 0
+    for f in range(4):
+        real[0, f, 1, f] = 7  # a one-token sprite moving right
+    blank = real.clone()
+    blank[:, 2:] = 0  # the generated frames lose the sprite
+    q = foreground_scores(real, blank, 2)
+    assert q["foreground_token_accuracy"] == 0.0 and q["foreground_share"] == 0.0
+    assert q["real_foreground_share"] == pytest.approx(2 / 32)
+    assert foreground_scores(real, real, 2)["foreground_token_accuracy"] == 1.0
+    full = continuation_quality(real, blank, 2)
+    assert full["token_accuracy"] == pytest.approx(30 / 32)  # the background alone looks excellent
+    assert full["copy_last_frame_foreground_token_accuracy"] == 0.0  # the sprite moved on
+    with pytest.raises(ValueError):
+        foreground_scores(real, real, 0)

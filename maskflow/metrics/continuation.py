@@ -11,6 +11,11 @@ measured on frames ``m … L−1`` only.
 - **PSNR / SSIM** per generated frame of the decoded videos (:func:`~maskflow.metrics.video_quality_metrics`);
   the means here cap each frame's PSNR at :data:`PSNR_CAP_DB` (the copy of a static scene equals the real
   frame exactly, whose PSNR is infinite and would make every mean infinite).
+- **Foreground token accuracy**: token accuracy restricted to the positions whose real code is not the
+  clip's background code (the most frequent code of its context frames), with the foreground share of
+  the real and of the generated frames. On scenes with a plain background (the demo's sprites) the plain
+  token accuracy is mostly background; these show whether the moving content itself is continued, or
+  fades (a generated foreground share far below the real one).
 - **Copy-last-frame baseline**: the continuation that repeats the last context frame
   (:func:`copy_last_frame`), scored with the same functions.
 """
@@ -23,7 +28,7 @@ import torch
 
 from .video import psnr_per_frame, video_quality_metrics
 
-__all__ = ["copy_last_frame", "token_accuracy_per_frame", "continuation_quality", "PSNR_CAP_DB"]
+__all__ = ["copy_last_frame", "token_accuracy_per_frame", "foreground_scores", "continuation_quality", "PSNR_CAP_DB"]
 
 PSNR_CAP_DB = 100.0  # per-frame PSNR cap for the means (identical frames have infinite PSNR)
 
@@ -70,6 +75,40 @@ def token_accuracy_per_frame(real: torch.Tensor, fake: torch.Tensor, n_context_f
     return same.double().mean(dim=(0, 2, 3)).cpu()
 
 
+def foreground_scores(real: torch.Tensor, fake: torch.Tensor, n_context_frames: int) -> dict[str, float]:
+    """Token accuracy on the foreground, and foreground shares (see the module docstring).
+
+    The background code of a clip is the most frequent code of its ``m`` context frames.
+
+    Args:
+        real, fake: integer ``[B, L, h, w]`` codes with the same shape.
+        n_context_frames: ``m`` in ``[1, L − 1]``.
+
+    Returns:
+        ``{"foreground_token_accuracy": share of real foreground tokens generated exactly (nan without
+        any), "foreground_share": share of generated tokens that are not the background code,
+        "real_foreground_share": the same for the real continuation}``.
+
+    Raises:
+        ValueError: shapes differ or ``m`` out of range.
+    """
+    if real.shape != fake.shape or real.ndim != 4:
+        raise ValueError(f"real and fake must both be [B, L, h, w], got {tuple(real.shape)} and {tuple(fake.shape)}")
+    m = int(n_context_frames)
+    if not 1 <= m < real.shape[1]:
+        raise ValueError(f"n_context_frames must be in [1, {real.shape[1] - 1}], got {n_context_frames}")
+    fake = fake.to(real.device)
+    background = real[:, :m].flatten(1).mode(dim=1).values[:, None, None, None]  # [B, 1, 1, 1]
+    fg_real, fg_fake = real[:, m:] != background, fake[:, m:] != background
+    n_fg = int(fg_real.sum())
+    hits = int(((real[:, m:] == fake[:, m:]) & fg_real).sum())
+    return {
+        "foreground_token_accuracy": hits / n_fg if n_fg else float("nan"),
+        "foreground_share": float(fg_fake.double().mean()),
+        "real_foreground_share": float(fg_real.double().mean()),
+    }
+
+
 def continuation_quality(
     real_tokens: torch.Tensor,
     fake_tokens: torch.Tensor,
@@ -88,7 +127,9 @@ def continuation_quality(
 
     Returns:
         A dict of floats and per-generated-frame lists (``L − m`` values):
-        ``token_accuracy``, ``copy_last_frame_token_accuracy`` and their ``*_per_frame`` lists; with
+        ``token_accuracy``, ``copy_last_frame_token_accuracy`` and their ``*_per_frame`` lists,
+        :func:`foreground_scores` (``foreground_token_accuracy``, ``foreground_share``,
+        ``real_foreground_share``) and ``copy_last_frame_foreground_token_accuracy``; with
         frames also ``psnr`` (dB, mean of per-frame PSNRs capped at :data:`PSNR_CAP_DB`), ``ssim``, ``copy_last_frame_psnr``, ``copy_last_frame_ssim`` and
         ``psnr_per_frame``, ``copy_last_frame_psnr_per_frame``; ``num_videos``.
 
@@ -109,6 +150,9 @@ def continuation_quality(
         "token_accuracy_per_frame": acc.tolist(),
         "copy_last_frame_token_accuracy_per_frame": acc_copy.tolist(),
     }
+    fg, fg_copy = foreground_scores(real_tokens, fake_tokens, m), foreground_scores(real_tokens, copy_tokens, m)
+    out.update(fg)
+    out["copy_last_frame_foreground_token_accuracy"] = fg_copy["foreground_token_accuracy"]
     if real_frames is not None and fake_frames is not None:
         copy_frames = copy_last_frame(real_frames[:, :m], num_frames)
         model_q = video_quality_metrics(real_frames, fake_frames, n_context_frames=m)
