@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError, flatten, load_config, to_container
@@ -103,10 +101,10 @@ def main(
         ConfigError: a missing checkpoint, a codebook mismatch, or a sampler setting out of range.
     """
     from experiments import tracking
-    from experiments.sample import generate_videos, load_for_sampling, sampler_config
+    from experiments.heldout import heldout_quality
+    from experiments.sample import load_for_sampling, sampler_config
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.metrics import MIN_FRAMES, compute_fvd, video_quality_metrics
-    from maskflow.metrics.continuation import continuation_quality
     from maskflow.sampling import expected_nfe
     from pipeline.readers import load_eval_clips
 
@@ -138,22 +136,11 @@ def main(
                 f"no {cfg.split!r} segment in {shards} has L = {num_frames} frames "
                 f"(extrapolation={cfg.extrapolation} x chunk_size={k}); lower extrapolation or add longer videos"
             )
-        real_tokens = torch.stack([c.tokens for c in clips]).long()  # [N, L, h, w]
-        fakes, fake_tokens, nfe, t0 = [], [], 0, time.perf_counter()
-        bs = max(1, int(cfg.batch_size))
-        for i in range(0, len(clips), bs):
-            ctx = real_tokens[i : i + bs, :m]
-            result, frames = generate_videos(model, tokenizer, ctx, num_frames, scfg, seed=int(cfg.seed) + i,
-                                             progress=False)
-            fakes.append(frames)
-            fake_tokens.append(result.tokens.cpu())
-            nfe += int(result.nfe)
-        wall = time.perf_counter() - t0
-        fake = torch.cat(fakes)  # [N, L, H, W, 3] uint8
-        real = tokenizer.decode(real_tokens.flatten(0, 1)).reshape(fake.shape)
-        n = len(clips)
+        held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
+                               batch_size=int(cfg.batch_size))
+        real, fake, wall, n = held.real_frames, held.fake_frames, held.metrics["wall_time_s"], len(clips)
         metrics: dict[str, Any] = {
-            "nfe": nfe / max(1, (len(clips) + bs - 1) // bs),  # per video batch = per video (batched passes)
+            "nfe": float(held.metrics["nfe"]),  # per video (a batch's videos share each pass)
             "expected_nfe": float(expected_nfe(scfg, num_frames)),
             "wall_time_s": wall,
             "wall_time_per_video_s": wall / n,
@@ -163,11 +150,8 @@ def main(
             "stride_effective": float(scfg.resolved_stride),
         }
         metrics.update(video_quality_metrics(real, fake, n_context_frames=m))
-        if m >= 1:  # generated-token accuracy and the copy-last-frame baseline on the same clips
-            q = continuation_quality(real_tokens, torch.cat(fake_tokens), m, real_frames=real, fake_frames=fake)
-            metrics.update({k2: q[k2] for k2 in (
-                "token_accuracy", "copy_last_frame_token_accuracy", "token_accuracy_per_frame",
-                "copy_last_frame_token_accuracy_per_frame", "copy_last_frame_psnr", "copy_last_frame_ssim")})
+        # generated-token accuracy, foreground scores and the copy-last-frame baseline on the same clips
+        metrics.update({k2: v for k2, v in held.metrics.items() if k2 not in ("nfe", "wall_time_s", "num_videos")})
         skipped = None
         if extractor is None:
             log.info("FVD off (%s): reporting PSNR/SSIM/temporal metrics only", fvd_network)

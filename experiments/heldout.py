@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,7 +72,6 @@ class HeldoutResult:
             ``wall_time_s`` and, when computed, ``fvd`` and ``fvd_n``.
         real_tokens, fake_tokens: int64 ``[N, L, h, w]``.
         real_frames, fake_frames: uint8 ``[N, L, H, W, 3]`` (real = VQ reconstructions).
-        clips: the :class:`pipeline.readers.EvalClip` s.
     """
 
     metrics: dict[str, Any]
@@ -80,7 +79,6 @@ class HeldoutResult:
     fake_tokens: torch.Tensor
     real_frames: torch.Tensor
     fake_frames: torch.Tensor
-    clips: list = field(default_factory=list)
 
 
 def heldout_quality(
@@ -130,13 +128,11 @@ def heldout_quality(
     metrics.update(nfe=nfe, wall_time_s=wall)
     if fvd_extractor is not None:
         metrics.update(_fvd(real, fake, fvd_extractor))
-    return HeldoutResult(metrics, real_tokens, fake_tok, real, fake, list(clips))
+    return HeldoutResult(metrics, real_tokens, fake_tok, real, fake)
 
 
 def _fvd(real: torch.Tensor, fake: torch.Tensor, extractor) -> dict[str, Any]:
     from maskflow.metrics import fvd_from_videos
 
-    res = fvd_from_videos(real, fake, extractor=extractor)
-    if res.skipped:
-        log.warning("no FVD: %s", res.skipped)
+    res = fvd_from_videos(real, fake, extractor=extractor)  # logs why when the clips cannot give an FVD
     return {"fvd": float(res.fvd), "fvd_n": int(res.num_fake)}

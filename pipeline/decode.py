@@ -81,6 +81,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.discover import TEMPORAL
+
 __all__ = [
     "DecodeConfig",
     "DecodeError",
@@ -106,7 +108,6 @@ __all__ = [
 ]
 
 DECODERS = ("decord", "pyav")
-TEMPORAL = "temporal"  # an item split: cut this video in time (train head, eval tail); see pipeline.discover
 _HOLDBACK_MEMORY_BYTES = 256 << 20  # held-back frames of a temporal video beyond this go to a temporary file
 _CHUNK_FRAMES = 16  # kept frames per message from the child
 _HEARTBEAT_S = 1.0  # the child reports at least this often while decoding
@@ -789,8 +790,6 @@ class _FrameBuffer:
             self.mem_bytes -= chunk.nbytes
             out.append(chunk)
             k -= len(chunk)
-        if k < 0:
-            raise ValueError("popped more frames than buffered")
         return np.concatenate(out) if len(out) > 1 else (out[0] if out else np.empty((0, *shape), np.uint8))
 
     def close(self) -> None:

@@ -310,7 +310,7 @@ def discover(
     Returns:
         ``(items, plan)``: one :class:`VideoItem` per distinct video sorted by ``video_id`` (the same source
         listed twice counts once; ``split`` is ``"train"``/``"eval"`` for whole videos, ``"temporal"`` for
-        videos the decode stage cuts in time), and ``plan = {"mode", "requested", "reason", "videos",
+        videos the decode stage cuts in time), and ``plan = {"mode", "requested", "reason",
         "videos_fixed"}`` (``videos_fixed``: videos whose split came from a file list).
 
     Raises:
@@ -342,7 +342,7 @@ def discover(
     else:
         splits = assign_splits(list(by_id), eval_fraction, fixed, {v: s for v, (_, s) in by_id.items()})
     items = [VideoItem(v, by_id[v][0], splits[v], by_id[v][1]) for v in sorted(by_id)]
-    plan = {"mode": mode, "requested": split, "reason": reason, "videos": len(items), "videos_fixed": len(fixed)}
+    plan = {"mode": mode, "requested": split, "reason": reason, "videos_fixed": len(fixed)}
     return items, plan
 
 

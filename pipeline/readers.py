@@ -187,6 +187,14 @@ def training_window_dataset(
     Rows: ``tokens`` (the shards' integer dtype, ``[chunk_size, h, w]``), ``video_id``, ``window``
     (``"video_id:segment:first_frame"``).
 
+    Args:
+        shard_dir: shard directory (local path or URI).
+        split: the split whose segments are tiled (``"train"``).
+        chunk_size: ``k``, frames per window.
+        min_windows: the fewest windows an epoch may hold (a count; segments are tiled again, at new
+            offsets, until the epoch is at least this long).
+        shuffle: ``"local"``, ``"global"`` or ``"none"`` (above).
+
     Returns:
         ``(dataset, windows_per_epoch)``.
 
@@ -196,8 +204,9 @@ def training_window_dataset(
     """
     if shuffle not in SHUFFLE_MODES:
         raise ValueError(f"shuffle must be one of {SHUFFLE_MODES}, got {shuffle!r}")
+    frames = _dataset(shard_dir).to_table(columns=["num_frames"], filter=pc.field("split") == split)
+    frames = frames.column("num_frames").to_numpy()  # metadata only: no token is read to count windows
     ds = read_token_dataset(shard_dir, split=split, shuffle_files=shuffle != "none")
-    frames = ds.select_columns(["num_frames"]).to_pandas()["num_frames"].to_numpy()
     windows = int((frames // chunk_size).sum())
     if windows == 0:
         raise ValueError(
@@ -393,24 +402,32 @@ def decode_segment(shard_dir: str, video_id: str, segment: int, *, tokenizer: An
 
 
 # ------------------------------------------------------------------------------ code statistics
-def code_counts(shard_dir: str, split: str, codebook_size: int) -> np.ndarray:
-    """How often each code occurs in the tokens of one split (plain pyarrow, streamed by row group).
+def code_counts(shard_dir: str, splits: tuple[str, ...], codebook_size: int) -> dict[str, np.ndarray]:
+    """How often each code occurs in the tokens of each split, in one streamed pass (plain pyarrow).
+
+    Args:
+        shard_dir: shard directory (local path or URI).
+        splits: the splits to count (e.g. ``("train", "eval")``).
+        codebook_size: ``K``; codes are ``0 … K − 1``.
 
     Returns:
-        int64 ``[codebook_size]``.
+        ``{split: int64 [K]}`` counts, one array per requested split.
 
     Raises:
         FileNotFoundError: if the directory holds no shards.
         ValueError: a token id ``>= codebook_size``.
     """
-    counts = np.zeros(int(codebook_size), dtype=np.int64)
-    scanner = _dataset(shard_dir).scanner(columns=["tokens"], filter=pc.field("split") == split)
+    counts = {sp: np.zeros(int(codebook_size), dtype=np.int64) for sp in splits}
+    scanner = _dataset(shard_dir).scanner(columns=["split", "tokens"], filter=pc.field("split").isin(list(splits)))
     for batch in scanner.to_batches():
-        values = batch.column("tokens").values.to_numpy(zero_copy_only=False)
-        if values.size:
-            if int(values.max()) >= codebook_size:
-                raise ValueError(f"token id {int(values.max())} >= codebook_size={codebook_size} in {shard_dir}")
-            counts += np.bincount(values.astype(np.int64), minlength=codebook_size)
+        split_col = batch.column("split").to_pylist()
+        tokens = batch.column("tokens")
+        for i, sp in enumerate(split_col):
+            values = tokens[i].values.to_numpy(zero_copy_only=False)
+            if values.size:
+                if int(values.max()) >= codebook_size:
+                    raise ValueError(f"token id {int(values.max())} >= codebook_size={codebook_size} in {shard_dir}")
+                counts[sp] += np.bincount(values.astype(np.int64), minlength=codebook_size)
     return counts
 
 
@@ -423,8 +440,11 @@ def unseen_code_share(shard_dir: str, codebook_size: int, *, train_split: str = 
 
     Returns:
         a float in ``[0, 1]``; ``nan`` when the held-out split has no tokens.
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`code_counts`.
     """
-    train = code_counts(shard_dir, train_split, codebook_size)
-    held = code_counts(shard_dir, eval_split, codebook_size)
+    counts = code_counts(shard_dir, (train_split, eval_split), codebook_size)
+    train, held = counts[train_split], counts[eval_split]
     total = int(held.sum())
     return float(held[train == 0].sum() / total) if total else float("nan")

@@ -12,7 +12,7 @@ import torch
 from maskflow.metrics.continuation import PSNR_CAP_DB, continuation_quality, copy_last_frame, token_accuracy_per_frame
 from maskflow.models import build_backbone
 from maskflow.training import (
-    EMA, MaskFlowObjective, ObjectiveConfig, OptimConfig, build_optimizer, evaluate_objective, train_step,
+    MaskFlowObjective, ObjectiveConfig, OptimConfig, build_optimizer, evaluate_objective, train_step,
 )
 
 
@@ -101,10 +101,11 @@ def test_unseen_code_share_counts_heldout_tokens_with_codes_absent_from_training
 
     rows = [row("a", "train", [0, 1, 1, 2]), row("b", "eval", [1, 2, 3, 3]), row("c", "eval", [4, 0, 0, 0])]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-00000.parquet")
-    assert code_counts(str(tmp_path), "train", 8).tolist() == [1, 2, 1, 0, 0, 0, 0, 0]
+    counts = code_counts(str(tmp_path), ("train", "eval"), 8)
+    assert counts["train"].tolist() == [1, 2, 1, 0, 0, 0, 0, 0] and counts["eval"].tolist() == [3, 1, 1, 2, 1, 0, 0, 0]
     assert unseen_code_share(str(tmp_path), 8) == pytest.approx(3 / 8)  # codes 3, 3 and 4 of 8 held-out tokens
     with pytest.raises(ValueError, match="codebook_size"):
-        code_counts(str(tmp_path), "eval", 4)
+        code_counts(str(tmp_path), ("eval",), 4)
 
 
 def test_foreground_scores_expose_content_that_fades_into_the_background():

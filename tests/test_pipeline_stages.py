@@ -222,7 +222,7 @@ def test_split_mode_auto_threshold_and_bad_values(tmp_path):
     assert plan["mode"] == "video" and {i.split for i in items} == {"train", "eval"}
     items, plan = discover(str(tmp_path), eval_fraction=0.3, split="auto", min_videos_for_video_split=4)  # below
     assert plan == {"mode": "temporal", "requested": "auto", "reason": "3 videos < min_videos_for_video_split=4",
-                    "videos": 3, "videos_fixed": 0}  # fmt: skip
+                    "videos_fixed": 0}  # fmt: skip
     assert {i.split for i in items} == {"temporal"}
     assert [i.video_id for i in items] == [i.video_id for i in discover_videos(str(tmp_path))], "same ids in every mode"
     (tmp_path / "list.csv").write_text("path,split\nv0.mp4,eval\nv1.mp4,\nv2.mp4,train\n")

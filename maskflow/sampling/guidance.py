@@ -32,23 +32,14 @@ from __future__ import annotations
 
 import torch
 
+from maskflow.training import unwrap_model
+
 from maskflow.sampling.categorical import uniform
 from maskflow.schedules import Scheduler
 
 __all__ = ["Denoiser", "HeadLogits", "fuse_guidance", "HEADS"]
 
 HEADS = ("masked", "dense")
-
-
-def _bare_model(model):
-    """The backbone inside DDP (``.module``) / ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module):
-            model = model.module
-        else:
-            return model
 
 
 def fuse_guidance(z_cond: torch.Tensor, z_partial: torch.Tensor, z_uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -108,7 +99,7 @@ class Denoiser:
         self.partial_keep = float(scheduler.kappa(torch.tensor(self.partial_level, dtype=torch.float64)))
         self.independent = time_conditioning == "independent"
         self.generator = generator
-        bare = _bare_model(model)
+        bare = unwrap_model(model)
         self.head_model = bare if head == "masked" and callable(getattr(bare, "project_positions", None)) else None
         self.nfe = 0
         self.calls = 0
