@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 TIME_CONDITIONING = ("dependent", "independent")
+RATE_HEADS = ("none", "exp", "softplus")
+LOG_RATE_CLAMP = 30.0  # |log λ| bound of the exponential rate head (λ in [e⁻³⁰, e³⁰]): keeps exp finite
 
 
 @dataclass
@@ -60,6 +62,12 @@ class BackboneConfig:
         time_conditioning: ``'dependent'`` uses the per-frame ``t``; ``'independent'`` feeds ``t = 0``
             always, a model that never sees ``t`` (eq. 8).
         activation_checkpointing: recompute each block in the backward pass (less memory, ~30 % slower).
+        rate_head: Flowception's insertion-rate head (supplementary C.2): ``'none'`` (default; MaskFlow,
+            no extra parameter, so MaskFlow checkpoints load strictly and compute exactly as before),
+            ``'exp'`` (the paper's exponential activation, ``λ = exp(z)``, ``z`` clamped to ±30) or
+            ``'softplus'`` (``λ = log(1 + e^z)``, gentler for large ``z``). With a head, one learnable
+            rate token per frame joins the frame's patches and ``forward(..., return_log_rates=True)``
+            also returns ``log λ`` of every frame.
 
     Raises:
         ValueError: naming the setting and its allowed range, for sizes that cannot build a model.
@@ -74,6 +82,7 @@ class BackboneConfig:
     mlp_ratio: float = 4.0
     time_conditioning: str = "dependent"
     activation_checkpointing: bool = False
+    rate_head: str = "none"
 
     def __post_init__(self) -> None:
         positive = ("codebook_size", "latent_size", "patch_size", "hidden_size", "depth", "num_heads")
@@ -98,6 +107,8 @@ class BackboneConfig:
             raise ValueError(
                 f"BackboneConfig.time_conditioning must be one of {TIME_CONDITIONING}, got {self.time_conditioning!r}"
             )
+        if self.rate_head not in RATE_HEADS:
+            raise ValueError(f"BackboneConfig.rate_head must be one of {RATE_HEADS}, got {self.rate_head!r}")
 
     @property
     def grid_size(self) -> int:
@@ -167,9 +178,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [S, L, D]``; ``attn_mask`` bool ``[S, 1, L, L]`` (``True`` = may attend) or ``None`` (all)."""
         q, k, v = rearrange(self.qkv(x), "s l (three h d) -> three s h l d", three=3, h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v)  # (S, H, L, Dh)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (S, H, L, Dh)
         return self.proj(rearrange(out, "s h l d -> s l (h d)"))
 
 
@@ -207,17 +219,22 @@ class MaskFlowBlock(nn.Module):
         self.mlp = Mlp(d, cfg.mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        b, t = x.shape[:2]
-        if self.axis == "spatial":
+    def _attend(self, x: torch.Tensor, frame_attn: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, n = x.shape[:3]
+        if self.axis == "spatial":  # within a frame: padding frames only ever see themselves
             out = self.attn(rearrange(x, "b t n d -> (b t) n d"))
             return rearrange(out, "(b t) n d -> b t n d", b=b)
-        out = self.attn(rearrange(x, "b t n d -> (b n) t d"))
+        mask = None
+        if frame_attn is not None:  # (B, T, T) -> one copy per patch position: ((B N), 1, T, T)
+            mask = rearrange(frame_attn[:, None].expand(b, n, t, t), "b n q k -> (b n) 1 q k")
+        out = self.attn(rearrange(x, "b t n d -> (b n) t d"), attn_mask=mask)
         return rearrange(out, "(b n) t d -> b t n d", b=b)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, frame_attn: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, T, N, D]``, ``c [B, T, D]``; ``frame_attn`` bool ``[B, T, T]`` (frame ``q`` may attend to
+        frame ``k``) restricts temporal attention, ``None`` lets every frame attend to every frame."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)  # (B, T, D) each
-        x = x + gate_a[:, :, None] * self._attend(modulate(self.norm1(x), shift_a, scale_a))  # (B, T, N, D)
+        x = x + gate_a[:, :, None] * self._attend(modulate(self.norm1(x), shift_a, scale_a), frame_attn)  # (B, T, N, D)
         x = x + gate_m[:, :, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
         return x
 
@@ -264,6 +281,13 @@ class MaskFlowTransformer(nn.Module):
         self.final_layer = FinalLayer(config)
         # fixed, not learned, and not saved: rebuilt from the config
         self.register_buffer("spatial_pos", spatial_sincos_embedding(d, config.grid_size), persistent=False)
+        if config.rate_head != "none":  # Flowception (C.2): a rate token per frame and a light head
+            self.rate_token = nn.Parameter(torch.zeros(d))
+            self.rate_out = nn.Linear(d, 1)
+            # the token sits at the centre of the patch grid (C.2's (W/2, H/2, t_i) coordinates)
+            centre = torch.full((1,), (config.grid_size - 1) / 2.0)
+            pos = torch.cat([_sincos_1d(d // 2, centre), _sincos_1d(d // 2, centre)], dim=1)  # (1, D)
+            self.register_buffer("rate_pos", pos[0], persistent=False)
         self.initialize_weights()
 
     # ------------------------------------------------------------------ properties
@@ -276,6 +300,11 @@ class MaskFlowTransformer(nn.Module):
     def mask_token_id(self) -> int:
         """Id of the mask token in the input vocabulary: ``K``."""
         return self.config.codebook_size
+
+    @property
+    def has_rate_head(self) -> bool:
+        """Whether the model predicts Flowception insertion rates (``config.rate_head != 'none'``)."""
+        return self.config.rate_head != "none"
 
     def initialize_weights(self) -> None:
         """DiT initialisation (Xavier linears, adaLN-Zero: zero modulation and head), code embeddings N(0, 1).
@@ -304,9 +333,13 @@ class MaskFlowTransformer(nn.Module):
         for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.has_rate_head:  # λ starts at exp(0) = 1 (or softplus(0) = log 2) for every frame
+            nn.init.normal_(self.rate_token, std=1.0)
+            nn.init.zeros_(self.rate_out.weight)
+            nn.init.zeros_(self.rate_out.bias)
 
     # ------------------------------------------------------------------ forward
-    def _check_inputs(self, tokens: torch.Tensor, t: torch.Tensor) -> None:
+    def _check_inputs(self, tokens: torch.Tensor, t: torch.Tensor, frame_mask: torch.Tensor | None = None) -> None:
         cfg = self.config
         if tokens.ndim != 4 or tokens.shape[-2:] != (cfg.latent_size, cfg.latent_size):
             raise ValueError(
@@ -317,6 +350,10 @@ class MaskFlowTransformer(nn.Module):
             raise ValueError(f"tokens must be int64 (or int32) code ids, got {tokens.dtype}")
         if t.shape != tokens.shape[:2]:
             raise ValueError(f"t must have shape [B, T] = {tuple(tokens.shape[:2])}, got {tuple(t.shape)}")
+        if frame_mask is not None and (frame_mask.shape != tokens.shape[:2] or frame_mask.dtype != torch.bool):
+            raise ValueError(
+                f"frame_mask must be bool [B, T] = {tuple(tokens.shape[:2])}, got {frame_mask.dtype} {tuple(frame_mask.shape)}"
+            )
         # Values are checked on CPU only, where reading them back costs nothing. On an accelerator the
         # check would stall the host once per forward (every sampler step); there the embedding lookup
         # still bounds-checks (a device-side assert). Skipped while compiling (a graph break).
@@ -327,7 +364,15 @@ class MaskFlowTransformer(nn.Module):
                     f"tokens must lie in [0, codebook_size={cfg.codebook_size}] (mask id included), got [{lo}, {hi}]"
                 )
 
-    def forward(self, tokens: torch.Tensor, t: torch.Tensor, *, return_hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        return_hidden: bool = False,
+        frame_mask: torch.Tensor | None = None,
+        return_log_rates: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Predict clean-token logits (or the head's input, to project only some positions).
 
         Args:
@@ -339,16 +384,27 @@ class MaskFlowTransformer(nn.Module):
                 (or :func:`maskflow.losses.fused_masked_cross_entropy`) then turns only the positions
                 that are needed into logits. A keyword of ``forward`` (not another method) so that DDP
                 and ``torch.compile`` wrappers see the call.
+            frame_mask: optional bool ``[B, T]``, ``True`` for real frames, ``False`` for padding (videos of
+                different lengths in one batch, supplementary C.2). Temporal attention then runs between
+                real frames only: padding frames neither attend to real frames nor are attended to (each
+                padding frame attends to itself alone), so real frames' outputs do not depend on the
+                padding. ``None``: every frame is real (the MaskFlow path, unchanged).
+            return_log_rates: also return Flowception's log insertion rates (needs ``rate_head``).
 
         Returns:
             Logits ``[B, T, h, w, K]`` in the parameter (or autocast) dtype; with ``return_hidden`` the
-            hidden states ``[B, T, N, D]`` in that dtype.
+            hidden states ``[B, T, N, D]`` in that dtype. With ``return_log_rates`` a pair
+            ``(that, log_rates)``, ``log_rates`` float32 ``[B, T]``: ``log λ_i`` of each frame (padding
+            frames' values are meaningless).
 
         Raises:
             ValueError: wrong shapes or dtype; token ids out of ``[0, K]`` (checked for CPU tensors only,
-                to keep accelerators free of host syncs; there the embedding's device assert fires).
+                to keep accelerators free of host syncs; there the embedding's device assert fires);
+                ``return_log_rates`` without a rate head.
         """
-        self._check_inputs(tokens, t)
+        self._check_inputs(tokens, t, frame_mask)
+        if return_log_rates and not self.has_rate_head:
+            raise ValueError("return_log_rates=True needs a backbone built with rate_head='exp' or 'softplus'")
         cfg = self.config
         if cfg.time_conditioning == "independent":
             t = torch.zeros_like(t)
@@ -356,17 +412,38 @@ class MaskFlowTransformer(nn.Module):
         x = self.patch_embed(tokens.long())  # (B, T, N, D)
         temporal_pos = temporal_sincos_embedding(cfg.hidden_size, num_frames, device=x.device)  # (T, D)
         x = x + self.spatial_pos.to(x.dtype)[None, None] + temporal_pos.to(x.dtype)[None, :, None]
+        if self.has_rate_head:  # one rate token per frame, after the frame's patches: (B, T, N + 1, D)
+            rate = (self.rate_token + self.rate_pos).to(x.dtype)[None, None] + temporal_pos.to(x.dtype)[None]  # (1, T, D)
+            x = torch.cat([x, rate.expand(x.shape[0], -1, -1)[:, :, None]], dim=2)
+        frame_attn = None
+        if frame_mask is not None:  # real frames attend to real frames; a padding frame to itself only
+            eye = torch.eye(num_frames, dtype=torch.bool, device=x.device)
+            frame_attn = (frame_mask[:, :, None] & frame_mask[:, None, :]) | eye  # (B, T, T)
         c = self.t_embedder(t)  # (B, T, D)
         for block in self.blocks:
             if cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, use_reentrant=False)
+                x = checkpoint(block, x, c, frame_attn, use_reentrant=False)
             else:
-                x = block(x, c)  # (B, T, N, D)
+                x = block(x, c, frame_attn)  # (B, T, N, D)
+        log_rates = None
+        if self.has_rate_head:
+            x, rate = x[:, :, :-1], x[:, :, -1:]  # patches (B, T, N, D), rate tokens (B, T, 1, D)
+            if return_log_rates:
+                log_rates = self._log_rates(self.rate_out(self.final_layer.hidden(rate, c))[:, :, 0, 0])
         if return_hidden:
-            return self.final_layer.hidden(x, c)  # (B, T, N, D)
-        x = self.final_layer(x, c)  # (B, T, N, p²K)
-        p, g = cfg.patch_size, cfg.grid_size
-        return rearrange(x, "b t (gh gw) (p1 p2 k) -> b t (gh p1) (gw p2) k", gh=g, gw=g, p1=p, p2=p)
+            out = self.final_layer.hidden(x, c)  # (B, T, N, D)
+        else:
+            out = self.final_layer(x, c)  # (B, T, N, p²K)
+            p, g = cfg.patch_size, cfg.grid_size
+            out = rearrange(out, "b t (gh gw) (p1 p2 k) -> b t (gh p1) (gw p2) k", gh=g, gw=g, p1=p, p2=p)
+        return (out, log_rates) if return_log_rates else out
+
+    def _log_rates(self, z: torch.Tensor) -> torch.Tensor:
+        """The rate head's activation in log space: ``z [B, T]`` → ``log λ`` float32 ``[B, T]``."""
+        z = z.float()
+        if self.config.rate_head == "exp":
+            return z.clamp(-LOG_RATE_CLAMP, LOG_RATE_CLAMP)
+        return F.softplus(z).clamp_min(1e-30).log()
 
     # ------------------------------------------------------------------ the head at chosen positions
     def head_rows(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:

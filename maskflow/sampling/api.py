@@ -78,7 +78,8 @@ def generate(
             with attributes ``codebook_size`` (``K``) and ``mask_token_id`` (``K``), in eval mode, on
             the device of ``context``.
         context: int64 ``[B, m, h, w]`` clean tokens in ``[0, K)``; ``B`` videos are sampled at once.
-        num_frames: ``L >= m``, the total length including the context.
+        num_frames: ``L >= m``, the total length including the context (``sampler='flowception'``: the
+            maximum length; the model chooses each video's length, see ``SampleResult.lengths``).
         config: the sampler settings (validated here).
         generator: randomness (on the device of ``context``); the same seed gives the same videos.
         progress: show a tqdm bar over chunks (Rolling Diffusion: over its phases).
@@ -99,6 +100,10 @@ def generate(
     """
     config.validate(num_frames)
     _check_inputs(model, context, config, generator)
+    if config.sampler == "flowception":  # length chosen by the model, at most num_frames
+        from maskflow.sampling.flowception import generate_flowception
+
+        return generate_flowception(model, context, num_frames, config, generator=generator, progress=progress, head=head)
     t0 = time.perf_counter()
     scheduler = get_scheduler(config.scheduler)
     denoiser = Denoiser(

@@ -21,12 +21,14 @@ __all__ = [
     "DEFAULT_PARTIAL_CONTEXT_LEVEL",
 ]
 
-SAMPLERS = ("mgm", "fm", "diffusion_forcing", "rolling")
+SAMPLERS = ("mgm", "fm", "diffusion_forcing", "rolling", "flowception")
+INSERTIONS = ("bernoulli", "poisson")
+UNMASKINGS = ("fm", "mgm")
 TIME_CONDITIONINGS = ("dependent", "independent")
 UNMASKING_SCHEDULES = ("arccos", "cosine", "linear")
 # Level t at which the "partial" guidance pass re-masks the context (the authors' defaults): MGM 0.3,
 # FM 0.9; the two diffusion-style baselines take FM's value.
-DEFAULT_PARTIAL_CONTEXT_LEVEL = {"mgm": 0.3, "fm": 0.9, "diffusion_forcing": 0.9, "rolling": 0.9}
+DEFAULT_PARTIAL_CONTEXT_LEVEL = {"mgm": 0.3, "fm": 0.9, "diffusion_forcing": 0.9, "rolling": 0.9, "flowception": 0.9}
 
 
 @dataclass
@@ -36,7 +38,8 @@ class SamplerConfig:
     Attributes:
         sampler: ``'mgm'`` (Algorithm 4, confidence-based), ``'fm'`` (Algorithm 3, discrete Euler),
             ``'diffusion_forcing'`` (pyramid baseline, appendix A.2/A.4) or ``'rolling'`` (Rolling
-            Diffusion baseline).
+            Diffusion baseline) or ``'flowception'`` (frame insertion, supplementary Algorithms 1/3;
+            :mod:`maskflow.sampling.flowception`; needs a checkpoint trained with ``dynamics=flowception``).
         sampling_steps: forward passes per chunk (``S``; 20 MGM and 250 FM in the paper). For the
             baselines, ``S`` is the number of levels a frame goes through (A.2's "250").
         chunk_size: ``k``, frames the backbone sees at once (its training window).
@@ -59,6 +62,12 @@ class SamplerConfig:
         scheduler: masking scheduler ``κ`` (``'sigmoid'``, ``'cosine'``, ``'linear'``) used for the
             FM jump rates, the baselines' per-frame unmasking, the partial guidance pass and the
             MGM time conditioning. It should be the scheduler the model was trained with.
+        insertion: Flowception: ``'bernoulli'`` (at most one frame per slot and step, Algorithm 1) or
+            ``'poisson'`` (several, eq. 33).
+        insertion_guidance: Flowception insertion-rate guidance ``w_s`` of eq. 36 (``1`` = off; ``> 1``
+            longer videos).
+        unmasking: Flowception's per-frame token rule: ``'fm'`` (Euler jumps at the frame's level) or
+            ``'mgm'`` (confidence, following ``unmasking_schedule`` over the frame's age).
     """
 
     sampler: str = "mgm"
@@ -73,6 +82,9 @@ class SamplerConfig:
     partial_context_level: float | None = None
     time_conditioning: str = "dependent"
     scheduler: str = "sigmoid"
+    insertion: str = "bernoulli"
+    insertion_guidance: float = 1.0
+    unmasking: str = "fm"
 
     # ------------------------------------------------------------------ resolved values
     @property
@@ -109,6 +121,9 @@ class SamplerConfig:
         _one_of("time_conditioning", self.time_conditioning, TIME_CONDITIONINGS)
         _one_of("unmasking_schedule", self.unmasking_schedule, UNMASKING_SCHEDULES)
         _one_of("scheduler", self.scheduler, tuple(sorted(SCHEDULERS)))
+        _one_of("insertion", self.insertion, INSERTIONS)
+        _one_of("unmasking", self.unmasking, UNMASKINGS)
+        _positive_finite("insertion_guidance", self.insertion_guidance)
         _int_at_least("sampling_steps", self.sampling_steps, 1)
         _int_at_least("chunk_size", self.chunk_size, 2)
         _int_at_least("n_context_frames", self.n_context_frames, 1)
@@ -137,6 +152,11 @@ class SamplerConfig:
                 raise ValueError(
                     f"num_frames={num_frames!r} must be an integer >= n_context_frames={m} "
                     "(the video includes its context frames)"
+                )
+            if self.sampler == "flowception" and int(num_frames) <= m:
+                raise ValueError(
+                    f"num_frames={num_frames} (the maximum length) must exceed n_context_frames={m}: "
+                    "flowception could not insert a single frame"
                 )
 
 

@@ -42,7 +42,11 @@ class SampleResult:
         num_chunks: chunks of Algorithm 2 (``ℓ``); for Rolling Diffusion, window positions
             (``1 + max(L − k, 0)``).
         wall_time_s: total seconds, synchronised with the device at the end.
-        chunks: one :class:`ChunkInfo` per chunk (per phase for Rolling Diffusion).
+        chunks: one :class:`ChunkInfo` per chunk (per phase for Rolling Diffusion; per window for Flowception).
+        lengths: Flowception: frames of each video (context included), the length the model chose;
+            ``tokens`` is padded to the longest with code 0. ``None`` for the fixed-length samplers.
+        frames_per_step: Flowception: frames in the window (longest video) at each backbone step —
+            the sequence length each pass attended over (appendix D's cost).
     """
 
     tokens: torch.Tensor
@@ -50,3 +54,5 @@ class SampleResult:
     num_chunks: int
     wall_time_s: float
     chunks: list[ChunkInfo] = field(default_factory=list)
+    lengths: list[int] | None = None
+    frames_per_step: list[int] | None = None
