@@ -288,7 +288,7 @@ def flowception_step(
     head = denoiser.lazy(state.tokens, level, m)
     log_rates = capture.log_rates[:b].float()
     if config.insertion_guidance != 1.0:
-        if head.guided:  # the unconditional rows of the partial context guidance call
+        if capture.log_rates.shape[0] == 3 * b:  # the unconditional rows of the partial context guidance call
             log_uncond = capture.log_rates[2 * b :].float()
         else:
             uncond = state.tokens.clone()
