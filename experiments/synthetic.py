@@ -21,7 +21,7 @@ from experiments.video_io import write_mp4
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PALETTE", "BACKGROUNDS", "render_sprite_video", "write_sprite_videos"]
+__all__ = ["PALETTE", "BACKGROUNDS", "MOTIONS", "render_sprite_video", "write_sprite_videos"]
 
 #: sprite colours (RGB) shared by every video
 PALETTE = np.array(
@@ -31,24 +31,49 @@ PALETTE = np.array(
 BACKGROUNDS = np.array([[25, 25, 35], [55, 50, 80], [20, 60, 45]], dtype=np.float32)
 
 
+MOTIONS = ("smooth", "grid")
+
+
 def render_sprite_video(
-    seed: int, num_frames: int = 48, size: int = 128, max_sprites: int = 3
+    seed: int,
+    num_frames: int = 48,
+    size: int = 128,
+    max_sprites: int = 3,
+    motion: str = "smooth",
+    grid_cells: int = 8,
 ) -> np.ndarray:
     """Render one moving-sprite video.
 
-    Sprites (square or disc, radius 8–14 % of the frame, colour from :data:`PALETTE`) start at random
-    positions with constant velocities of 1.5–4 px per frame per axis at 128 px (scaled with ``size``)
-    and bounce off the borders; later sprites are drawn over earlier ones.
+    ``motion="smooth"``: sprites (square or disc, radius 8–14 % of the frame, colour from
+    :data:`PALETTE`) start at random positions with constant velocities of 1.5–4 px per frame per axis
+    at 128 px (scaled with ``size``) and bounce off the borders.
+
+    ``motion="grid"``: the frame is a ``grid_cells × grid_cells`` grid (set it to the tokenizer's token
+    grid, ``resolution / patch_size``); sprites (square or disc inscribed in 1×1 or 2×2 cells) sit on
+    cells and move by −1, 0 or +1 cell per frame per axis (never both 0), bouncing off the borders. A
+    sprite then keeps its tokens exactly from frame to frame, shifted by its velocity: the dynamics a
+    small model learns in minutes on a CPU, with a ground-truth continuation at token level.
+
+    In both, later sprites are drawn over earlier ones.
 
     Args:
         seed: RNG seed; the same seed gives the same video.
         num_frames: frames ``T``.
         size: frame height and width in pixels.
         max_sprites: 1 to this many sprites.
+        motion: ``"smooth"`` or ``"grid"``.
+        grid_cells: cells per side for ``motion="grid"``; must divide ``size``.
 
     Returns:
         ``uint8 [T, size, size, 3]`` RGB frames.
+
+    Raises:
+        ValueError: unknown ``motion``, or ``grid_cells`` not dividing ``size`` or below 3.
     """
+    if motion not in MOTIONS:
+        raise ValueError(f"motion={motion!r}: expected one of {MOTIONS}")
+    if motion == "grid":
+        return _render_grid_sprites(seed, num_frames, size, max_sprites, grid_cells)
     rng = np.random.default_rng(seed)
     background = np.broadcast_to(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], (size, size, 3))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -77,10 +102,63 @@ def render_sprite_video(
     return frames
 
 
+def _render_grid_sprites(seed: int, num_frames: int, size: int, max_sprites: int, cells: int) -> np.ndarray:
+    """``motion="grid"`` of :func:`render_sprite_video`."""
+    if cells < 3 or size % cells:
+        raise ValueError(f"grid_cells={cells} must be at least 3 and divide size={size}")
+    cell = size // cells
+    rng = np.random.default_rng(seed)
+    background = np.broadcast_to(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], (size, size, 3))
+    n = int(rng.integers(1, max_sprites + 1))
+    side = rng.integers(1, 3, n)  # cells
+    pos = np.stack([rng.integers(0, cells - side + 1) for _ in range(2)], axis=1)  # [n, 2] (x, y) cells
+    vel = rng.integers(-1, 2, (n, 2))
+    still = (vel == 0).all(axis=1)
+    vel[still, rng.integers(0, 2, int(still.sum()))] = rng.choice([-1, 1], int(still.sum()))
+    colour = PALETTE[rng.choice(len(PALETTE), n, replace=False)]
+    square = rng.uniform(0, 1, n) < 0.5
+    shapes = []
+    for i in range(n):
+        w = int(side[i]) * cell
+        yy, xx = np.mgrid[0:w, 0:w].astype(np.float32) + 0.5 - w / 2
+        shapes.append(np.ones((w, w), bool) if square[i] else xx**2 + yy**2 <= (w / 2) ** 2)
+
+    frames = np.empty((num_frames, size, size, 3), np.uint8)
+    for f in range(num_frames):
+        img = background.copy()
+        for i in range(n):
+            x0, y0 = pos[i] * cell
+            w = shapes[i].shape[0]
+            img[y0 : y0 + w, x0 : x0 + w][shapes[i]] = colour[i]
+        frames[f] = img.astype(np.uint8)
+        for i in range(n):
+            for d in range(2):
+                nxt = pos[i, d] + vel[i, d]
+                if nxt < 0 or nxt > cells - side[i]:
+                    vel[i, d] *= -1
+                    nxt = pos[i, d] + vel[i, d]
+                pos[i, d] = nxt
+    return frames
+
+
 def write_sprite_videos(
-    out_dir: str | Path, num_videos: int = 64, num_frames: int = 48, size: int = 128, fps: float = 8.0, seed: int = 0
+    out_dir: str | Path,
+    num_videos: int = 64,
+    num_frames: int = 48,
+    size: int = 128,
+    fps: float = 8.0,
+    seed: int = 0,
+    motion: str = "smooth",
+    grid_cells: int = 8,
+    crf: int = 0,
 ) -> list[Path]:
     """Write ``num_videos`` sprite videos as ``sprites_XXX.mp4`` into ``out_dir``; existing files are kept.
+
+    ``motion`` and ``grid_cells`` as in :func:`render_sprite_video`. The videos are H.264 4:4:4 at
+    ``crf`` (0, the default, is lossless: decoded frames equal the rendered ones to ±1). Chroma
+    subsampling and compression noise would make the same sprite decode differently next to different
+    neighbours and in different frames, giving the same content different codes: noise no model can
+    predict, which a small model memorises instead of learning the motion.
 
     Returns:
         The paths, in order.
@@ -91,7 +169,8 @@ def write_sprite_videos(
     for i in range(num_videos):
         path = out / f"sprites_{i:03d}.mp4"
         if not path.exists():
-            write_mp4(render_sprite_video(seed * 100003 + i, num_frames, size), path, fps=fps)
+            frames = render_sprite_video(seed * 100003 + i, num_frames, size, motion=motion, grid_cells=grid_cells)
+            write_mp4(frames, path, fps=fps, crf=crf, pix_fmt="yuv444p")
         paths.append(path)
     log.info("%d moving-sprite videos in %s", len(paths), out)
     return paths

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["write_mp4", "write_gif", "upscale", "side_by_side", "mark_context"]
+__all__ = ["write_mp4", "write_gif", "upscale", "side_by_side", "mark_context", "frame_strip"]
 
 
 def _as_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -59,16 +59,52 @@ def side_by_side(*videos: np.ndarray | torch.Tensor, gap: int = 2) -> np.ndarray
     return np.concatenate(parts, axis=2)
 
 
-def write_mp4(frames: np.ndarray | torch.Tensor, path: str | Path, fps: float = 8.0, crf: int = 18) -> Path:
-    """Encode ``uint8 [T, H, W, 3]`` RGB as H.264 MP4 (yuv420p; odd sizes are padded by one pixel).
+def frame_strip(real: np.ndarray | torch.Tensor | None, fake: np.ndarray | torch.Tensor, n_context_frames: int,
+                *, max_frames: int = 16, height: int = 96, gap: int = 2) -> np.ndarray:
+    """One image of a clip: its frames left to right, the real clip's row above the generated one.
+
+    Args:
+        real: ``uint8 [T, H, W, 3]`` or ``None`` (generated row only).
+        fake: ``uint8 [T, H, W, 3]``.
+        n_context_frames: the first ``m`` frames get a red border (:func:`mark_context`).
+        max_frames: at most this many frames, evenly spaced from first to last.
+        height: frames are upscaled by the integer factor that brings them nearest this height.
+        gap: white pixels between frames and rows.
+
+    Returns:
+        ``uint8 [rows·H' + gaps, n·W' + gaps, 3]``.
+    """
+    rows = [mark_context(v, n_context_frames) for v in ((real, fake) if real is not None else (fake,))]
+    t = min(len(r) for r in rows)
+    idx = np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
+    scale = max(1, round(height / rows[0].shape[1]))
+    strips = [side_by_side(*[upscale(r[i : i + 1], scale) for i in idx], gap=gap)[0] for r in rows]
+    w = max(s.shape[1] for s in strips)
+    out = []
+    for i, s in enumerate(strips):
+        out.append(np.pad(s, ((0, 0), (0, w - s.shape[1]), (0, 0)), constant_values=255))
+        if i < len(strips) - 1:
+            out.append(np.full((gap, w, 3), 255, np.uint8))
+    return np.concatenate(out, axis=0)
+
+
+def write_mp4(
+    frames: np.ndarray | torch.Tensor, path: str | Path, fps: float = 8.0, crf: int = 18, pix_fmt: str = "yuv420p"
+) -> Path:
+    """Encode ``uint8 [T, H, W, 3]`` RGB as H.264 MP4.
+
+    ``pix_fmt="yuv420p"`` (default; what every player shows; odd sizes are padded by one pixel) or
+    ``"yuv444p"`` (no chroma subsampling: with ``crf=0`` the decoded frames equal the input to ±1).
 
     Raises:
-        ValueError: for a wrong dtype/shape or an empty video.
+        ValueError: for a wrong dtype/shape, an empty video or another ``pix_fmt``.
     """
+    if pix_fmt not in ("yuv420p", "yuv444p"):
+        raise ValueError(f"pix_fmt={pix_fmt!r}: expected 'yuv420p' or 'yuv444p'")
     import av
 
     x = _as_uint8(frames)
-    pad_h, pad_w = x.shape[1] % 2, x.shape[2] % 2
+    pad_h, pad_w = (x.shape[1] % 2, x.shape[2] % 2) if pix_fmt == "yuv420p" else (0, 0)
     if pad_h or pad_w:
         x = np.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     path = Path(path)
@@ -78,7 +114,7 @@ def write_mp4(frames: np.ndarray | torch.Tensor, path: str | Path, fps: float = 
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = x.shape[2], x.shape[1]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         for frame in x:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

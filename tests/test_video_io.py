@@ -56,3 +56,45 @@ def test_write_sprite_videos_keeps_existing_files(tmp_path):
     mtime = paths[0].stat().st_mtime_ns
     again = write_sprite_videos(tmp_path, num_videos=2, num_frames=6, size=32)
     assert again == paths and paths[0].stat().st_mtime_ns == mtime
+
+
+def test_grid_sprites_move_by_whole_cells_and_bounce():
+    cells, size = 8, 64
+    cell = size // cells
+    for seed in range(6):
+        v = render_sprite_video(seed, num_frames=20, size=size, motion="grid", grid_cells=cells)
+        background = np.median(v[0].reshape(-1, 3), axis=0)  # sprites cover at most 3 x 4 of 64 cells
+        sprite = (v != background).any(-1)  # [T, H, W]
+        for f in range(20):
+            rows, cols = np.nonzero(sprite[f].any(1))[0], np.nonzero(sprite[f].any(0))[0]
+            # sprites sit on cells: their bounding box starts and ends on cell boundaries
+            assert rows.min() % cell == 0 and (rows.max() + 1) % cell == 0, (seed, f)
+            assert cols.min() % cell == 0 and (cols.max() + 1) % cell == 0, (seed, f)
+        assert all((v[f] != v[f + 1]).any() for f in range(19)), "a sprite moves every frame"
+        assert np.array_equal(v, render_sprite_video(seed, num_frames=20, size=size, motion="grid", grid_cells=cells))
+    # one sprite: frame f+1 is frame f with the sprite shifted by whole cells, the velocity flipping at a border
+    one = next(s for s in range(100) if len(_colours(render_sprite_video(s, 2, size, motion="grid"))) == 2)
+    v = render_sprite_video(one, num_frames=30, size=size, motion="grid", grid_cells=cells)
+    background = v[0, 0, 0] if (v[0, 0, 0] == v[0, -1, -1]).all() else v[0, -1, 0]
+    centres = np.array([np.argwhere((x != background).any(-1)).mean(0) for x in v])  # [T, 2] pixels
+    steps = np.diff(centres, axis=0) / cell
+    assert np.allclose(steps, np.round(steps)) and set(np.abs(np.round(steps)).ravel()) <= {0, 1}
+    assert (np.abs(steps).sum(1) > 0).all() and (np.sign(steps[:-1]) != np.sign(steps[1:])).any(), "bounces"
+    with pytest.raises(ValueError, match="motion"):
+        render_sprite_video(0, motion="teleport")
+    with pytest.raises(ValueError, match="grid_cells"):
+        render_sprite_video(0, size=64, motion="grid", grid_cells=7)
+
+
+def _colours(frames: np.ndarray) -> set:
+    return set(map(tuple, frames.reshape(-1, 3)))
+
+
+def test_lossless_444_round_trip_and_pix_fmt_refused(tmp_path):
+    frames = render_sprite_video(2, num_frames=6, size=64, motion="grid", grid_cells=8)
+    back = decord.VideoReader(str(write_mp4(frames, tmp_path / "l.mp4", crf=0, pix_fmt="yuv444p"))).get_batch(range(6))
+    assert np.abs(back.asnumpy().astype(int) - frames).max() <= 1
+    lossy = decord.VideoReader(str(write_mp4(frames, tmp_path / "c.mp4"))).get_batch(range(6))
+    assert np.abs(lossy.asnumpy().astype(int) - frames).max() > 1, "4:2:0 must not be lossless at sprite edges"
+    with pytest.raises(ValueError, match="pix_fmt"):
+        write_mp4(frames, tmp_path / "x.mp4", pix_fmt="rgb24")
