@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ def validation_windows(shards: str, chunk_size: int, num_windows: int, *, seed: 
     return torch.stack([c.tokens for c in clips]).long() if clips else None
 
 
-def generate_videos(model, tokenizer, context: torch.Tensor, num_frames: int, sampler_cfg, *, seed: int, progress: bool = False):
+def generate_videos(model, tokenizer, context: torch.Tensor, num_frames: int, sampler_cfg, *, seed: int, progress=False):
     """Sample tokens chunkwise (Algorithm 2) from context tokens and decode them.
 
     Args:
@@ -83,7 +84,7 @@ class HeldoutResult:
 
 def heldout_quality(
     model, tokenizer, clips, sampler_cfg, *, num_frames: int, seed: int = 0, batch_size: int = 8,
-    fvd_extractor=None, progress: bool = False,
+    fvd_extractor=None, progress=False,
 ) -> HeldoutResult:
     """Generate the continuation of every clip from its first ``m`` frames and score it.
 
@@ -97,6 +98,8 @@ def heldout_quality(
         batch_size: videos sampled at once.
         fvd_extractor: a :class:`maskflow.metrics.FeatureExtractor` for FVD between the real and the
             generated ``L``-frame videos (``None``: no FVD); clips shorter than I3D's minimum are skipped.
+        progress: ``True``: a tqdm bar per batch over its chunks; a callable: ``progress(done, total)``
+            in chunks over all batches (``total`` = batches × chunks per video).
 
     Returns:
         :class:`HeldoutResult`.
@@ -114,9 +117,13 @@ def heldout_quality(
     fake_tokens, fake_frames, nfe = [], [], 0
     t0 = time.perf_counter()
     bs = max(1, int(batch_size))
+    num_batches = -(-len(clips) // bs)
     for i in range(0, len(clips), bs):
+        step = progress
+        if callable(progress):  # chunks of this batch → chunks of the whole job
+            step = functools.partial(_batch_progress, progress, i // bs, num_batches)
         result, frames = generate_videos(model, tokenizer, real_tokens[i : i + bs, :m], num_frames, sampler_cfg,
-                                         seed=seed + i, progress=progress)
+                                         seed=seed + i, progress=step)
         fake_tokens.append(result.tokens.cpu())
         fake_frames.append(frames)
         nfe = max(nfe, int(result.nfe))
@@ -129,6 +136,10 @@ def heldout_quality(
     if fvd_extractor is not None:
         metrics.update(_fvd(real, fake, fvd_extractor))
     return HeldoutResult(metrics, real_tokens, fake_tok, real, fake)
+
+
+def _batch_progress(progress, batch: int, num_batches: int, done: int, total: int) -> None:
+    progress(batch * total + done, num_batches * total)
 
 
 def _fvd(real: torch.Tensor, fake: torch.Tensor, extractor) -> dict[str, Any]:

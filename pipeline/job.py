@@ -36,10 +36,11 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -564,7 +565,8 @@ def _num_blocks(n_videos: int, slots: int) -> int:
     return max(1, min(n_videos, max(4 * slots, math.ceil(n_videos / 64)), 20_000))
 
 
-def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok_dir: Location, codebook_size: int, run_id: str) -> None:
+def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok_dir: Location, codebook_size: int, run_id: str,
+                  progress: Callable[[int, int], None] | None = None) -> None:
     import ray
 
     dcfg = decode_config(cfg)
@@ -624,7 +626,54 @@ def _run_pipeline(cfg: dict[str, Any], todo: list[VideoItem], out: Location, tok
     # one video at a time).
     with warnings.catch_warnings():  # "concurrency 4 but only N inputs" on small runs: expected, not a problem
         warnings.filterwarnings("ignore", message="The maximum number of concurrent tasks for 'Write'")
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=_WRITE_CONCURRENCY)
+        with _ProgressPoller(out, run_id, len(todo), progress):
+            ds.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=_WRITE_CONCURRENCY)
+
+
+class _ProgressPoller:
+    """Calls ``progress(videos_done, videos_total)`` about every ``interval_s`` while a run writes: it
+    counts the per-video records (``_videos/part-<run_id>-*.jsonl``) committed so far. No-op without
+    ``progress``."""
+
+    def __init__(self, out: Location, run_id: str, total: int, progress: Callable[[int, int], None] | None,
+                 interval_s: float = 1.0) -> None:
+        self.out, self.run_id, self.total, self.progress, self.interval_s = out, run_id, total, progress, interval_s
+        self._stop = threading.Event()
+        self._seen: dict[str, int] = {}
+
+    def _count(self) -> int:
+        from pipeline.writer import RECORDS_DIR, SHARD_PREFIX
+
+        for info in self.out.join(RECORDS_DIR).list():
+            name = info.path.rsplit("/", 1)[-1]
+            if name.startswith(f"{SHARD_PREFIX}{self.run_id}-") and name not in self._seen:
+                with self.out.fs.open_input_stream(info.path) as f:
+                    self._seen[name] = sum(1 for line in f.read().decode().splitlines() if line.strip())
+        return sum(self._seen.values())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.progress(self._count(), self.total)
+            except Exception:  # progress display never stops the job
+                pass
+
+    def __enter__(self) -> "_ProgressPoller":
+        if self.progress is not None:
+            self.progress(0, self.total)
+            self._thread = threading.Thread(target=self._loop, name="tokenize-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.progress(self._count(), self.total)
+        except Exception:
+            pass
 
 
 def _startup_s(state, videos: list[str], t0_epoch: float, pipe_s: float) -> float:
@@ -651,11 +700,13 @@ def _split_info(cfg: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_tokenize_job(config: Any) -> dict[str, Any]:
+def run_tokenize_job(config: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Tokenize every input video into Parquet shards plus ``manifest.json`` (resumable).
 
     Args:
         config: dict or ``DictConfig`` with the keys of :data:`DEFAULTS` (``inputs`` required).
+        progress: called with ``(videos_done, videos_to_do)`` of this run about once a second while the
+            videos are tokenized (a console bar; ``None``: nothing).
 
     Returns:
         the manifest (also written to ``output_dir/manifest.json``); ``manifest["run"]`` describes this
@@ -741,7 +792,7 @@ def run_tokenize_job(config: Any) -> dict[str, Any]:
     run_id = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:6]
     log.info("tokenize: %d videos to do (%d already done) → %s with %s", len(todo), skipped, out.uri(), tok.tokenizer_id)
     t_pipe, t_pipe_epoch = time.perf_counter(), time.time()
-    _run_pipeline(cfg, todo, out, tok_dir, tok.codebook_size, run_id)
+    _run_pipeline(cfg, todo, out, tok_dir, tok.codebook_size, run_id, progress)
     state = scan_output(out)
     # A worker killed mid-video (e.g. out of memory) and retried by Ray can leave a video half-written or
     # doubled; such videos (and any the run missed) get one more pass right away.

@@ -38,7 +38,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -134,11 +134,12 @@ class FeatureExtractor(abc.ABC):
     def embed(self, videos: torch.Tensor) -> torch.Tensor:
         """Features of one batch: uint8 ``[B, T, H, W, 3]`` on ``device`` -> float ``[B, D]``."""
 
-    def __call__(self, videos: Any) -> np.ndarray:
+    def __call__(self, videos: Any, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Features of every clip.
 
         Args:
             videos: uint8 ``[N, T, H, W, 3]`` RGB (torch tensor or numpy array).
+            progress: called as ``progress(clips_done, N)`` after each batch (``None``: nothing).
 
         Returns:
             float64 ``[N, D]`` on the CPU.
@@ -154,6 +155,8 @@ class FeatureExtractor(abc.ABC):
             for i in range(0, v.shape[0], bs):
                 out = self.embed(v[i : i + bs].to(self.device))
                 feats.append(out.double().cpu())
+                if progress is not None:
+                    progress(min(i + bs, v.shape[0]), v.shape[0])
         out = torch.cat(feats).numpy()
         if out.ndim != 2 or out.shape[0] != v.shape[0]:
             raise ValueError(
@@ -163,9 +166,10 @@ class FeatureExtractor(abc.ABC):
             raise ValueError(f"{self.name} returned NaN/inf features")
         return out
 
-    def stats(self, videos: Any) -> GaussianStats:
-        """Gaussian statistics of the features of ``videos`` (uint8 ``[N, T, H, W, 3]``, ``N >= 2``)."""
-        return GaussianStats.from_features(self(videos))
+    def stats(self, videos: Any, progress: Callable[[int, int], None] | None = None) -> GaussianStats:
+        """Gaussian statistics of the features of ``videos`` (uint8 ``[N, T, H, W, 3]``, ``N >= 2``);
+        ``progress`` as in :meth:`__call__`."""
+        return GaussianStats.from_features(self(videos, progress))
 
     def __repr__(self) -> str:  # pragma: no cover - cosmetic
         return f"{type(self).__name__}(name={self.name!r}, device={self.device})"
@@ -309,6 +313,7 @@ def compute_fvd(
     extractor: FeatureExtractor,
     *,
     real_stats: GaussianStats | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FVDResult:
     """FVD between real and generated clips.
 
@@ -320,6 +325,8 @@ def compute_fvd(
             ``__call__(videos) -> float [N, D]``).
         real_stats: precomputed real statistics with the same extractor (e.g. from
             :class:`RealStatsCache`).
+        progress: called as ``progress(clips_done, clips_total)`` while features are extracted (the
+            real clips, unless ``real_stats`` is given, then the generated ones); ``None``: nothing.
 
     Returns:
         :class:`FVDResult`.
@@ -331,8 +338,11 @@ def compute_fvd(
     if real_stats is None:
         if real_videos is None:
             raise ValueError("compute_fvd needs real_videos or real_stats")
-        real_stats = GaussianStats.from_features(extractor(real_videos))
-    fake_stats = GaussianStats.from_features(extractor(fake_videos))
+        n_real = len(real_videos)
+        real_stats = GaussianStats.from_features(_features(extractor, real_videos, progress, 0, n_real + len(fake_videos)))
+    else:
+        n_real = 0
+    fake_stats = GaussianStats.from_features(_features(extractor, fake_videos, progress, n_real, n_real + len(fake_videos)))
     if fake_stats.dim != real_stats.dim:
         raise ValueError(f"real statistics have D={real_stats.dim} but {extractor.name} gives D={fake_stats.dim}")
     fvd = frechet_distance(real_stats.mu, real_stats.sigma, fake_stats.mu, fake_stats.sigma)
@@ -340,6 +350,19 @@ def compute_fvd(
     log.info("FVD %.3f (%d real, %d generated clips, %s)", fvd, result.num_real, result.num_fake,
              result.feature_network)
     return result
+
+
+def _features(extractor, videos: Any, progress: Callable[[int, int], None] | None, offset: int, total: int) -> np.ndarray:
+    """``extractor(videos)``, reporting ``progress(offset + done, total)`` when the extractor takes a
+    ``progress`` keyword (any callable with a ``name`` is an extractor; plain ones are called plainly)."""
+    if progress is None:
+        return extractor(videos)
+    try:
+        return extractor(videos, progress=lambda done, _n: progress(offset + done, total))
+    except TypeError as exc:
+        if "progress" not in str(exc):
+            raise
+        return extractor(videos)
 
 
 @functools.lru_cache(maxsize=4)
