@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from typing import Callable
 
 import torch
 
@@ -68,7 +69,7 @@ def generate(
     config: SamplerConfig,
     *,
     generator: torch.Generator | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
     head: str = "masked",
 ) -> SampleResult:
     """Generate videos of ``num_frames`` frames that continue ``context`` (Algorithm 2 and the baselines).
@@ -82,7 +83,8 @@ def generate(
             maximum length; the model chooses each video's length, see ``SampleResult.lengths``).
         config: the sampler settings (validated here).
         generator: randomness (on the device of ``context``); the same seed gives the same videos.
-        progress: show a tqdm bar over chunks (Rolling Diffusion: over its phases).
+        progress: ``True`` shows a tqdm bar over chunks (Rolling Diffusion: over its phases); a callable
+            is called as ``progress(chunks_done, num_chunks)`` instead (after each chunk, and with 0 first).
         head: ``'masked'`` (default): MGM and FM compute the ``K``-way head only for the tokens they
             sample (still-masked / jumping tokens of the generated frames), when the backbone has
             ``project_positions`` (see :class:`~maskflow.sampling.guidance.Denoiser`); ``'dense'``:
@@ -154,7 +156,24 @@ def generate(
     )
 
 
-def _progress_bar(enabled: bool, total: int, desc: str):
+class _CallbackProgress:
+    """``update``/``close`` of a tqdm bar, reported as ``callback(done, total)``."""
+
+    def __init__(self, callback: Callable[[int, int], None], total: int) -> None:
+        self.callback, self.total, self.done = callback, int(total), 0
+        callback(0, self.total)
+
+    def update(self, n: int = 1) -> None:
+        self.done += int(n)
+        self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool | Callable[[int, int], None], total: int, desc: str):
+    if callable(enabled):
+        return _CallbackProgress(enabled, total)
     if not enabled:
         return None
     from tqdm.auto import tqdm
