@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``out_dir/summary.json``) what it did."""
     import ray
 
+    from experiments import flowception as flowception_stack
     from experiments import sample as sample_stage
     from experiments import tokenize as tokenize_stage
     from experiments import tracking
@@ -72,7 +73,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"videos={cfg.videos} is not a directory")
     else:
         videos = out / "videos"
-        write_sprite_videos(videos, num_videos=int(cfg.num_synthetic_videos), seed=int(cfg.seed))
+        if flowception_stack.dynamics(cfg) == "flowception":  # videos of a few distinct lengths (Figure 11)
+            flowception_stack.write_variable_length_sprites(
+                videos, int(cfg.num_synthetic_videos), list(cfg.flowception_lengths), seed=int(cfg.seed)
+            )
+        else:
+            write_sprite_videos(videos, num_videos=int(cfg.num_synthetic_videos), seed=int(cfg.seed))
     timings["videos_s"] = time.perf_counter() - t0
 
     # -------------------------------------------------------------- 2. tokenize
@@ -85,7 +91,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"output_dir={out / 'tokens'}",
             f"resolution={int(cfg.resolution)}",
             f"tokenizer.codebook_size={int(cfg.codebook_size)}",
-            f"min_frames={k}",
+            f"min_frames={k if flowception_stack.dynamics(cfg) != 'flowception' else int(cfg.n_context_frames) + 1}",
             f"split={cfg.split}",
             f"seed={int(cfg.seed)}",
         ],
@@ -101,6 +107,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"shards={out / 'tokens'}",
             "run_name=demo",
             f"chunk_size={k}",
+            f"dynamics={flowception_stack.dynamics(cfg)}",
             f"seed={int(cfg.seed)}",
             f"model.size={cfg.model_size}",
             f"method.max_context_frames={int(cfg.n_context_frames)}",
@@ -131,11 +138,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         [
             f"checkpoint={trained['checkpoint']}",
             f"out_dir={out / 'samples'}",
-            f"sampler={cfg.sampler}",
+            f"sampler={'flowception' if flowception_stack.dynamics(cfg) == 'flowception' else cfg.sampler}",
             f"sampling_steps={int(cfg.sampling_steps)}",
             f"n_context_frames={int(cfg.n_context_frames)}",
             f"stride={'null' if cfg.stride is None else int(cfg.stride)}",
             f"extrapolation={int(cfg.extrapolation)}",
+            *([f"num_frames={k}"] if flowception_stack.dynamics(cfg) == "flowception" else []),  # the longest video
             f"num_videos={int(cfg.num_heldout_clips)}",
             f"fvd={str(bool(cfg.fvd)).lower()}",
             f"seed={int(cfg.seed)}",
@@ -188,7 +196,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "sample_video": video0["mp4"],
         "sample_gif": video0["gif"],
         "sample_comparison_gif": video0.get("comparison_gif"),
-        "sample_frames": sampled["num_frames"],
+        "sample_frames": sampled.get("sample_frames", sampled["num_frames"]),
+        "length_histogram": sampled.get("length_histogram"),
         "sample_nfe": sampled["nfe"],
         "sample_expected_nfe": sampled["expected_nfe"],
         "sampler": sampled["sampler"],
@@ -232,6 +241,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"                held-out tokens with codes unseen in training: {_fmt(q['unseen_code_share'], '.3f')}",
         f"  sample      {s['sample_comparison_gif'] or s['sample_gif']}  ({s['sample_frames']} frames, NFE {s['sample_nfe']}, "
         f"context frames exact: {s['context_frames_exact']})",
+        *([f"  lengths     generated {s['length_histogram']['generated']}  real {s['length_histogram']['real']}"]
+          if s.get("length_histogram") else []),
         f"  MLflow      {s['mlflow_tracking_uri']}  runs {s['mlflow_run_ids']}",
         f"              open it:  .venv/bin/mlflow ui --backend-store-uri {s['mlflow_tracking_uri']} --port 5000",
         f"  summary     {out / 'summary.json'}",

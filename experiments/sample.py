@@ -41,6 +41,9 @@ SAMPLER_KEYS = (
     "temperature",
     "unmasking_schedule",
     "gumbel_temperature",
+    "insertion",
+    "insertion_guidance",
+    "unmasking",
 )
 
 
@@ -123,6 +126,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """
     from experiments import tracking
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
+    from experiments import flowception as flowception_stack
     from maskflow.sampling import expected_nfe
 
     model, state, shards, tokenizer, device = load_for_sampling(cfg)
@@ -134,6 +138,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     scfg.validate(num_frames)
     m = scfg.n_context_frames
     clips, have_real = _context_clips(shards, str(cfg.split), num_frames, m, int(cfg.num_videos), int(cfg.seed))
+    have_real = have_real and scfg.sampler != "flowception"  # the model chooses the length: no frame-by-frame score
+    lengths = None  # Flowception: frames of each generated video
     context = torch.stack([c.tokens[:m] for c in clips]).long()
 
     t0 = time.perf_counter()
@@ -148,6 +154,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     else:
         result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=int(cfg.seed), progress=True)
         tokens, nfe = result.tokens.cpu(), int(result.nfe)
+        lengths = result.lengths
     wall = time.perf_counter() - t0
     context_frames = tokenizer.decode(context.flatten(0, 1)).reshape(len(clips), m, *frames.shape[2:])
     context_exact = bool(torch.equal(frames[:, :m], context_frames)) and bool(torch.equal(tokens[:, :m], context))
@@ -158,7 +165,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     scale = max(1, 256 // frames.shape[2])
     videos = []
     for i, clip in enumerate(clips):
-        gen = frames[i].numpy()
+        gen = frames[i, : lengths[i]].numpy() if lengths else frames[i].numpy()  # the generated length
         stem = f"sample_{i:02d}_{scfg.sampler}"
         entry = {
             "video_id": clip.video_id,
@@ -184,6 +191,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "wall_time_s": wall,
         "frames_per_s": len(clips) * (num_frames - m) / max(wall, 1e-9),
         "context_frames_exact": context_exact,
+        **flowception_stack.length_summary(lengths, shards, num_frames, len(clips)),
         "quality": quality,
         "split": str(state.get("data", {}).get("split", "video")),
         "videos": videos,
@@ -214,6 +222,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                 tracking.log_artifact(client, run_id, entry[key], artifact_path="videos")
     (out / "sample_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     tracking.log_artifact(client, run_id, out / "sample_summary.json")
+    if lengths:  # the lengths Flowception generated
+        tracking.log_metrics(client, run_id, {"sample/mean_frames": summary["mean_frames"],
+                                              "sample/min_frames": min(lengths), "sample/max_frames": max(lengths)})
+        tracking.set_tags(client, run_id, {"sample_frames": ",".join(map(str, lengths))})
     tracking.end_run(client, run_id)
     summary.update(mlflow_run_id=run_id, tracking_uri=uri)
     log.info(

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import flowception as flowception_stack
 from experiments.config import ConfigError, flatten, load_config, to_container
 
 log = logging.getLogger("experiments.train")
@@ -46,6 +47,7 @@ def validate_config(cfg: DictConfig) -> None:
     """
     if int(cfg.chunk_size) < 2:
         raise ConfigError(f"chunk_size must be >= 2, got {cfg.chunk_size}")
+    flowception_stack.validate(cfg)  # dynamics and the flowception.* settings
     if not 0 <= int(cfg.method.max_context_frames) < int(cfg.chunk_size):
         raise ConfigError(
             f"method.max_context_frames must be in [0, chunk_size - 1] = [0, {int(cfg.chunk_size) - 1}], "
@@ -179,6 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         latent_size=data["latent_size"],
         time_conditioning=cfg.model.time_conditioning,
         activation_checkpointing=bool(cfg.model.activation_checkpointing),
+        rate_head=flowception_stack.rate_head(cfg),  # 'none' for MaskFlow
     )
     backbone_config = _backbone_kwargs(model)
     optim_cfg = OptimConfig(
@@ -207,6 +210,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             head_chunk_rows=int(cfg.method.get("head_chunk_rows", 4096)),
         )
     )
+    objective = flowception_stack.build_objective(cfg, objective)  # dynamics=flowception: Algorithm 2 (discrete)
 
     step, epoch = 0, 0
     resumed = ray.train.get_checkpoint()
@@ -239,6 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     t_log, tokens_since, window = time.perf_counter(), 0, []
     heldout = _HeldoutProbe(cfg, data, device, objective) if rank == 0 else None
+    extras_window = flowception_stack.ExtrasWindow()  # the objective's further figures (Flowception's insertion loss)
 
     def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
         if not with_checkpoint:
@@ -281,6 +286,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 lr_schedule=lr_schedule, generator=gen,
             )
             window.append((res.loss, res.accuracy, res.masked_ce))
+            extras_window.add(res.extras)
             tokens_since += res.num_tokens
             step += 1
 
@@ -301,6 +307,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "epoch": epoch,
                     "step": step,
                 }
+                metrics.update(extras_window.pop_means())
                 if heldout is not None:  # rank 0; the other ranks wait at the report barrier
                     if do_val:
                         metrics.update(heldout.validation(_unwrap(model)))
@@ -548,10 +555,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         resources["GPU"] = float(cfg.scaling.gpus_per_worker)
     workers, bs = int(cfg.scaling.num_workers), int(cfg.loop.batch_size_per_worker)
     try:
-        train_ds, per_epoch = training_window_dataset(
-            str(cfg.shards), str(cfg.split), int(cfg.chunk_size),
-            min_windows=int(cfg.loop.min_steps_per_epoch) * workers * bs, shuffle=str(cfg.loop.shuffle),
-        )
+        if flowception_stack.dynamics(cfg) == "flowception":  # whole videos of <= chunk_size frames, padded
+            train_ds, per_epoch = flowception_stack.training_dataset(cfg, data, int(cfg.loop.min_steps_per_epoch) * workers * bs)
+        else:
+            train_ds, per_epoch = training_window_dataset(
+                str(cfg.shards), str(cfg.split), int(cfg.chunk_size),
+                min_windows=int(cfg.loop.min_steps_per_epoch) * workers * bs, shuffle=str(cfg.loop.shuffle),
+            )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if per_epoch < workers * bs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -431,6 +431,8 @@ class StepResult:
         num_masked: masked tokens in the loss, summed over micro-batches.
         num_tokens: tokens processed, summed over micro-batches.
         masked_ce: mean unweighted cross-entropy over masked tokens (nats), averaged over micro-batches.
+        extras: further figures of the objective's output (its ``extras`` dict, e.g. Flowception's
+            ``insertion_loss``), averaged over micro-batches; empty for MaskFlow.
     """
 
     loss: float
@@ -440,6 +442,7 @@ class StepResult:
     num_masked: int = 0
     num_tokens: int = 0
     masked_ce: float = float("nan")
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 def train_step(
@@ -485,6 +488,7 @@ def train_step(
     scaler = scaler if scaler is not None else torch.amp.GradScaler(batch.device.type, enabled=False)
     lr = float(optimizer.param_groups[0]["lr"])
     losses, accs, ces, n_masked = [], [], [], 0
+    extras: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
     for i, micro in enumerate(batch.chunk(accum, dim=0)):
         last = i == accum - 1
@@ -500,6 +504,8 @@ def train_step(
         accs.append(float(out.accuracy))
         ces.append(float(out.masked_ce) if out.masked_ce is not None else float("nan"))
         n_masked += out.num_masked
+        for key, value in (getattr(out, "extras", None) or {}).items():
+            extras[key] = extras.get(key, 0.0) + float(value) / accum
     scaler.unscale_(optimizer)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     clip = optim_config.grad_clip if optim_config.grad_clip > 0 else math.inf
@@ -513,7 +519,7 @@ def train_step(
         ema.update(model)
     return StepResult(
         loss=sum(losses) / accum, accuracy=sum(accs) / accum, grad_norm=grad_norm, lr=lr,
-        num_masked=n_masked, num_tokens=batch.numel(), masked_ce=sum(ces) / accum,
+        num_masked=n_masked, num_tokens=batch.numel(), masked_ce=sum(ces) / accum, extras=extras,
     )
 
 
