@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   -> installs, then runs tokenize -> train (Ray) -> sample -> MLflow end to end
 #   make test   -> installs the test extras, then runs the test suite (what CI runs)
+#   make reproduce [QUICK=1] [OUT=dir] -> the toy reproduction of the paper's claims (docs/reproduction.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ VIDEOS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean reproduce
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m experiments.demo out_dir=$(OUT) $(if $(VIDEOS),videos=$(VIDEOS)) $(ARGS)
+
+# QUICK=1: preset=quick (smoke size, CI); OUT defaults to outputs/reproduce here; ARGS: key=value overrides
+reproduce: install
+	$(PY) -m experiments.reproduce $(if $(QUICK),preset=quick) $(if $(filter command environment,$(origin OUT)),out_dir=$(OUT)) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
