@@ -24,8 +24,14 @@ import torch
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+META_FILE = "meta.json"  # the small entries of checkpoint.pt, beside it (save_checkpoint)
+META_KEYS = ("config", "data", "backbone_config", "step", "epoch")
+RESUME_KEYS = ("model.size", "model.time_conditioning", "chunk_size")
+"""Training settings a run cannot change when it resumes (they define the model or its input);
+:func:`check_resume` adds the data's ``codebook_size``, ``latent_size`` and ``tokenizer_id``."""
 
-__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "checkpoint_file", "load_backbone"]
+__all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "checkpoint_file", "load_backbone",
+           "checkpoint_meta", "check_resume", "RESUME_KEYS"]
 
 
 def checkpoint_file(path: str | Path) -> str:
@@ -65,12 +71,23 @@ def checkpoint_file(path: str | Path) -> str:
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``directory/checkpoint.pt`` atomically (temp file + rename)."""
+    """Write ``state`` to ``directory/checkpoint.pt`` atomically (temp file + rename).
+
+    Its small entries (``config``, ``data``, ``backbone_config``, ``step``, ``epoch``) also go to
+    ``meta.json`` beside it, so a check of a run's settings (:func:`check_resume`) reads kilobytes, not
+    the weights.
+    """
+    import json
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / (CHECKPOINT_FILE + ".tmp")
     torch.save(state, tmp)
     tmp.replace(d / CHECKPOINT_FILE)
+    meta = {k: state[k] for k in META_KEYS if k in state}
+    if meta:
+        (d / (META_FILE + ".tmp")).write_text(json.dumps(meta, default=str))
+        (d / (META_FILE + ".tmp")).replace(d / META_FILE)
     return d / CHECKPOINT_FILE
 
 
@@ -122,3 +139,85 @@ def load_backbone(path: str | Path, *, use_ema: bool = True, device: str | torch
         weights = weights["shadow"]
     model.load_state_dict(weights)
     return model.to(device).eval(), state
+
+# ------------------------------------------------------------------------------ resuming
+def checkpoint_meta(path: str | Path) -> dict[str, Any] | None:
+    """The small entries (``config``, ``data``, ``backbone_config``, ``step``) of a checkpoint.
+
+    Reads ``meta.json`` beside ``checkpoint.pt`` when there is one; otherwise a local checkpoint is
+    opened memory-mapped (the weights are not read). Returns ``None`` for a remote checkpoint without
+    ``meta.json`` (reading it would download the weights).
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path`` (see :func:`checkpoint_file`).
+    """
+    import json
+    import posixpath
+
+    from pipeline.fs import read_bytes, resolve
+
+    loc = resolve(checkpoint_file(path))
+    meta = resolve(posixpath.join(posixpath.dirname(loc.uri()), META_FILE) if not loc.is_local
+                   else str(Path(loc.path).parent / META_FILE))
+    if meta.exists():
+        return json.loads(read_bytes(meta))
+    if not loc.is_local:
+        return None
+    state = torch.load(loc.path, map_location="cpu", weights_only=True, mmap=True)
+    return {k: state[k] for k in META_KEYS if k in state}
+
+
+def check_resume(run_dir: str, config: Any, data: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to resume a training run with a different model or differently tokenized data.
+
+    Running ``experiments.train`` again with the same ``run_name`` resumes from the run's latest
+    checkpoint; a changed :data:`RESUME_KEYS` setting, ``codebook_size``, ``latent_size`` or
+    ``tokenizer_id`` would make every worker fail to load it (and Ray Train retry). Called before Ray
+    starts.
+
+    Args:
+        run_dir: ``<run.storage_path>/<run_name>`` (local path or URI).
+        config: the new training config (``DictConfig`` or nested dict).
+        data: the new shards' :func:`experiments.train.data_info`.
+
+    Returns:
+        The latest checkpoint's meta entries, or ``None`` when the run has no checkpoint (a new run) or
+        its settings cannot be read cheaply (a remote checkpoint of an older version).
+
+    Raises:
+        ConfigError: naming every differing key with its checkpoint and new values.
+    """
+    from omegaconf import OmegaConf
+
+    from experiments.config import ConfigError
+
+    try:
+        meta = checkpoint_meta(run_dir)
+    except (FileNotFoundError, ValueError):
+        return None
+    if meta is None:
+        log.warning("cannot compare the settings of %s with the checkpoint's (no %s); resuming", run_dir, META_FILE)
+        return None
+    new = OmegaConf.create(config if not OmegaConf.is_config(config) else OmegaConf.to_container(config))
+    old = OmegaConf.create(meta.get("config") or {})
+    differ = []
+    for key in RESUME_KEYS:
+        before, after = OmegaConf.select(old, key, default=None), OmegaConf.select(new, key, default=None)
+        if before is not None and before != after:
+            differ.append(f"{key}={after} (checkpoint: {before})")
+    for key in ("codebook_size", "latent_size", "tokenizer_id"):
+        before, after = (meta.get("data") or {}).get(key), data.get(key)
+        if before is not None and after is not None and before != after:
+            differ.append(f"the shards' {key}={after} (checkpoint: {before})")
+    if differ:
+        raise ConfigError(
+            f"run_name={_basename(run_dir)} resumes from its checkpoint at step {meta.get('step', '?')} in {run_dir}, "
+            f"which was trained with other settings: {'; '.join(differ)}. Use a new run_name (init_checkpoint= "
+            "warm-starts from it) or keep those settings"
+        )
+    return meta
+
+
+def _basename(path: str) -> str:
+    """Last component of a local path or URI."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]

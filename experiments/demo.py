@@ -251,4 +251,6 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - CLI
-    main(load_config("demo"))
+    from experiments.cli import run
+
+    run(main, "demo")

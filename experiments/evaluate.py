@@ -201,5 +201,7 @@ def main(
 
 if __name__ == "__main__":  # pragma: no cover - CLI
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    res = main(load_config("evaluate"))
+    from experiments.cli import run
+
+    res = run(main, "evaluate")
     print(json.dumps({k: v for k, v in res.items()}, indent=2, default=str))

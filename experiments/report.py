@@ -183,5 +183,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":  # pragma: no cover - CLI
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    res = main(load_config("report"))
+    from experiments.cli import run
+
+    res = run(main, "report")
     print(Path(res["markdown"]).read_text())

@@ -237,5 +237,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":  # pragma: no cover - CLI
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    s = main(load_config("sample"))
+    from experiments.cli import run
+
+    s = run(main, "sample")
     print(json.dumps({k: s[k] for k in ("nfe", "expected_nfe", "wall_time_s", "num_frames", "videos")}, indent=2))

@@ -199,6 +199,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":  # pragma: no cover - CLI
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = main(load_config("sweep"))
+    from experiments.cli import run
+
+    out = run(main, "sweep")
     print(json.dumps({k: v for k, v in out.items() if k != "report"}, indent=2, default=str))
     print(f"report: {out['report'].get('markdown')}")

@@ -48,11 +48,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":  # pragma: no cover - CLI
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        manifest = main(load_config("tokenize"))
-    except (ConfigError, FileNotFoundError) as e:
-        log.error("%s", e)
-        sys.exit(2)
+    from experiments.cli import run
+
+    manifest = run(main, "tokenize")
     c = manifest["counts"]
     print(
         f"{c['videos_ok']} videos ok, {c['videos_failed']} failed, {c['segments']} segments, {c['frames']} frames "

@@ -47,6 +47,10 @@ def validate_config(cfg: DictConfig) -> None:
     """
     if int(cfg.chunk_size) < 2:
         raise ConfigError(f"chunk_size must be >= 2, got {cfg.chunk_size}")
+    from maskflow.models import MODEL_SIZES
+
+    if str(cfg.model.size) not in MODEL_SIZES:
+        raise ConfigError(f"model.size must be one of {', '.join(MODEL_SIZES)}, got {cfg.model.size!r}")
     flowception_stack.validate(cfg)  # dynamics and the flowception.* settings
     if not 0 <= int(cfg.method.max_context_frames) < int(cfg.chunk_size):
         raise ConfigError(
@@ -516,6 +520,11 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     if not cfg.shards or not Path(str(cfg.shards)).exists() and "://" not in str(cfg.shards):
         raise ConfigError(f"shards={cfg.shards!r} does not exist; run experiments.tokenize first")
+    if cfg.run_name:  # the same run_name resumes: refuse a changed model or data before Ray starts
+        from experiments.checkpoint import check_resume
+
+        root = str(cfg.run.storage_path)
+        check_resume(f"{root if '://' in root else Path(root).resolve()}/{cfg.run_name}", cfg, data_info(str(cfg.shards)))
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
@@ -638,5 +647,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":  # pragma: no cover - CLI
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = main(load_config("train"))
+    from experiments.cli import run
+
+    out = run(main, "train")
     print({k: v for k, v in out.items() if k != "data"})
