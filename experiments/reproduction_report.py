@@ -293,7 +293,7 @@ def build(*, cfg: dict[str, Any], data: dict[str, Any], models: dict[str, Any], 
 def _f(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 10:
+    if isinstance(v, float) and v.is_integer():
         return f"{int(v):,}"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
@@ -556,6 +556,7 @@ def plot_quality_vs_extrapolation(result: dict[str, Any], path: Path) -> Path:
 def plot_quality_vs_nfe(result: dict[str, Any], path: Path) -> Path:
     """FVD and token accuracy against the counted NFE, one colour per sampler (frame-level model, ω = 0)."""
     plt = _plt()
+    import matplotlib.ticker
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     rows = [a for a in result["settings"] if a["model"] == "frame" and a["guidance_scale"] == 0 and a["time_conditioning"] == "dependent"]
     for ax, metric, title in zip(axes, ("fvd", "token_accuracy"), ("FVD ↓", "token accuracy ↑")):
@@ -570,6 +571,7 @@ def plot_quality_vs_nfe(result: dict[str, Any], path: Path) -> Path:
                 for x, y, e in pts:
                     ax.annotate(f"{e}×", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points", color=line[0].get_color())
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xlabel("total NFE per video (counted, log)")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
