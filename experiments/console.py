@@ -277,10 +277,14 @@ def configure_ray_output() -> None:
         return
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("maskflow_worker_logs", _worker_lines)
+    # the raylet's messages to the driver (worker-pool warnings, workers that died) take another path
+    import ray._private.worker as ray_worker
+
+    ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: _worker_lines(data)
     _state["routed"] = True
 
 
-_workers_log = logging.getLogger("ray.workers")
+_workers_log = logging.getLogger("workers")  # not under "ray": Ray re-adds handlers of its own there
 
 
 def _worker_lines(data: dict[str, Any]) -> None:
@@ -293,7 +297,10 @@ def _worker_lines(data: dict[str, Any]) -> None:
         if RAY_TQDM_MAGIC in line or not line.strip():
             continue
         m = _LEVEL_RE.search(line[:64])
-        level = m.group(1) if m else ("ERROR" if line.lstrip().startswith("Traceback") else "INFO")
+        if data.get("pid") == "raylet":  # worker deaths, out-of-memory kills: errors unless marked WARNING
+            level = m.group(1) if m else "ERROR"
+        else:  # a traceback's lines carry no level: the driver raises the error a worker's failure causes
+            level = m.group(1) if m else "INFO"
         show = level in ("ERROR", "CRITICAL") or (level == "WARNING" and _OWN_NAME_RE.search(line))
         short = _RAY_LINE_RE.match(line)  # "<time>\tWARNING file.py:9 -- message name=… job_id=…"
         text = f"{prefix}{short.group(1)} {short.group(2)}" if short else prefix + line
@@ -351,7 +358,7 @@ class Progress:
 
     def __init__(self, desc: str, total: int | None = None, unit: str = "it", every: float = 0.1) -> None:
         self.desc, self.total, self.unit, self.every = desc, total, unit, float(every)
-        self.done, self.metrics, self._next = 0, {}, float(every)
+        self.done, self.metrics, self._k = 0, {}, 1  # the next line is due at self._k * every * total
         self._t0 = time.perf_counter()
         self._start_done = None
         self._bar = None
@@ -368,6 +375,9 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close(ok=exc[0] is None)
+
+    def _threshold(self) -> float:
+        return round(self._k * self.every, 9) * self.total - 1e-9
 
     def eta_s(self) -> float | None:
         """Seconds left at the mean rate since the first update (``None`` when unknown)."""
@@ -396,9 +406,9 @@ class Progress:
                 if text:
                     self._bar.set_postfix_str(text, refresh=False)
                 self._bar.refresh()
-            if self.total and self.done >= self._next * self.total and self.done < self.total:
-                while self._next * self.total <= self.done:
-                    self._next += self.every
+            if self.total and self.done >= self._threshold() and self.done < self.total:
+                while self._threshold() <= self.done:
+                    self._k += 1
                 self._line()
 
     def _line(self, final: bool = False) -> None:
