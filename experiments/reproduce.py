@@ -153,20 +153,28 @@ def prepare_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     root = out / "data" / key
     d = cfg.data
-    videos = write_sprite_videos(
-        root / "videos", num_videos=int(d.num_videos), num_frames=settings["num_frames"],
-        size=int(d.resolution), seed=int(d.seed), motion=str(d.motion),
-        grid_cells=int(d.resolution) // int(d.patch_size),
-    )
+    if d.videos:
+        videos_dir = Path(str(d.videos)).expanduser().resolve()
+        if not videos_dir.is_dir():
+            raise ConfigError(f"data.videos={d.videos} is not a directory")
+        num_videos = None
+    else:
+        videos_dir = root / "videos"
+        num_videos = len(write_sprite_videos(
+            videos_dir, num_videos=int(d.num_videos), num_frames=settings["num_frames"], size=int(d.resolution),
+            seed=int(d.seed), motion=str(d.motion), grid_cells=int(d.resolution) // int(d.patch_size),
+        ))
     tok_cfg = load_config("tokenize", [
-        f"inputs={root / 'videos'}", f"output_dir={root / 'tokens'}", f"resolution={int(d.resolution)}",
-        f"tokenizer.patch_size={int(d.patch_size)}", f"tokenizer.codebook_size={int(d.codebook_size)}",
-        f"min_frames={settings['min_frames']}", f"max_frames_per_segment={settings['num_frames']}",
+        f"inputs={videos_dir}", f"output_dir={root / 'tokens'}", f"resolution={int(d.resolution)}",
+        f"tokenizer.kind={d.tokenizer_kind}", f"tokenizer.path={d.tokenizer_path or 'null'}",
+        *([f"tokenizer.patch_size={int(d.patch_size)}", f"tokenizer.codebook_size={int(d.codebook_size)}"]
+          if d.tokenizer_kind == "patch_kmeans" else []),
+        f"min_frames={settings['min_frames']}", f"max_frames_per_segment={max(256, settings['num_frames'])}",
         "split=video", f"eval_fraction={float(d.eval_fraction)}", f"seed={int(d.seed)}",
     ])
     manifest = tokenize_stage.main(tok_cfg)
     result = {
-        "key": key, "settings": settings, "videos": str(root / "videos"), "num_videos": len(videos),
+        "key": key, "settings": settings, "videos": str(videos_dir), "num_videos": num_videos or manifest.get("counts", {}).get("videos_found"),
         "shards": str(root / "tokens"), "manifest_counts": manifest.get("counts", {}),
         "splits": manifest.get("splits", {}), "tokenizer_psnr_db": manifest.get("reconstruction_psnr_db"),
         "seconds": time.perf_counter() - t0,
@@ -498,6 +506,8 @@ def main(cfg: DictConfig, argv: Sequence[str] | None = None) -> dict[str, Any]:
         command=command.strip(), tracking_uri=uri,
     )
     written = reproduction_report.write(result, out, strips)
+    if cfg.get("docs_dir"):
+        written.update(reproduction_report.copy_to_docs(out, Path(str(cfg.docs_dir))))
     client = tracking.get_client(uri)
     for path in written.values():
         tracking.log_artifact(client, grid["parent_run_id"], path, artifact_path="reproduction")

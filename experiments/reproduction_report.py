@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CLAIMS", "rollout_blocks", "aggregate", "verdicts", "build", "render_markdown", "write", "print_summary"]
+__all__ = ["CLAIMS", "rollout_blocks", "aggregate", "verdicts", "build", "render_markdown", "write", "copy_to_docs",
+           "print_summary"]
 
 FULL = "full"
 FIG_DIR = "reproduction"
@@ -363,13 +364,15 @@ def render_markdown(result: dict[str, Any]) -> str:
     if ev["errors"] or ev["missing"]:
         p += [f"**{len(ev['errors'])} trial(s) failed; missing from the tables: {', '.join(ev['missing']) or 'none'}.**", ""]
     d, t = cfg["data"], cfg["train"]
+    source = (f"{result['data'].get('num_videos')} videos from `{d['videos']}`" if d.get("videos") else
+              f"{d['num_videos']} rendered videos of moving sprites (`motion={d['motion']}`, shared palette, "
+              f"constant velocities, bouncing off the borders: a deterministic ground truth), {top * k} frames each")
+    tok = (f"the CPU patch-k-means tokenizer (K = {d['codebook_size']}, patch {d['patch_size']}: "
+           f"{d['resolution'] // d['patch_size']}×{d['resolution'] // d['patch_size']} tokens per frame"
+           if d.get("tokenizer_kind", "patch_kmeans") == "patch_kmeans" else f"the `{d['tokenizer_kind']}` tokenizer")
     p += ["## Setup", "",
-          f"- **Data**: {d['num_videos']} rendered videos of moving sprites (`motion={d['motion']}`, shared palette, "
-          f"constant velocities, bouncing off the borders: a deterministic ground truth), {top * k} frames each at "
-          f"{d['resolution']}×{d['resolution']} px, tokenized by the Ray Data pipeline with the CPU patch-k-means "
-          f"tokenizer (K = {d['codebook_size']}, patch {d['patch_size']}: "
-          f"{d['resolution'] // d['patch_size']}×{d['resolution'] // d['patch_size']} tokens per frame; "
-          f"reconstruction PSNR {_f(result['data'].get('tokenizer_psnr_db'), 1)} dB); whole videos held out "
+          f"- **Data**: {source} at {d['resolution']}×{d['resolution']} px, tokenized by the Ray Data pipeline with "
+          f"{tok}; reconstruction PSNR {_f(result['data'].get('tokenizer_psnr_db'), 1)} dB); whole videos held out "
           f"(`split=video`: {splits.get('eval', {}).get('videos', '?')} held-out, {splits.get('train', {}).get('videos', '?')} "
           f"training videos; {counts.get('videos_ok', '?')} tokenized).",
           f"- **Models** (Ray Train, the same budget each: {t['max_steps']} steps × {t['batch_size_per_worker']} windows × "
@@ -656,6 +659,16 @@ def write(result: dict[str, Any], out: Path, strips: dict[int, dict[str, np.ndar
     paths["markdown"] = out / "reproduction.md"
     paths["markdown"].write_text(render_markdown(result))
     return paths
+
+
+def copy_to_docs(out: Path, docs: Path) -> dict[str, Path]:
+    """Copy ``out/reproduction.md`` and ``out/reproduction/`` into ``docs`` (the links stay valid)."""
+    import shutil
+
+    docs.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(out / FIG_DIR, docs / FIG_DIR, dirs_exist_ok=True)
+    shutil.copy2(out / "reproduction.md", docs / "reproduction.md")
+    return {"docs_markdown": docs / "reproduction.md"}
 
 
 def print_summary(result: dict[str, Any], paths: dict[str, Path]) -> None:
