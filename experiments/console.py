@@ -159,6 +159,8 @@ def setup(log_path: str | os.PathLike | None, level: str | None = "info") -> Pat
     for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # library deprecation warnings: the log file (console with -v)
+    if level != "debug":  # MLflow's tqdm bars of artifact transfers ("Downloading artifacts: …")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     _state.update(handlers=[console, fh], log_file=path)
     _route_library_loggers()
     return path
