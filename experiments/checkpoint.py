@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"  # the small entries of checkpoint.pt, beside it (save_checkpoint)
 META_KEYS = ("config", "data", "backbone_config", "step", "epoch")
-RESUME_KEYS = ("model.size", "model.time_conditioning", "chunk_size")
-"""Training settings a run cannot change when it resumes (they define the model or its input);
-:func:`check_resume` adds the data's ``codebook_size``, ``latent_size`` and ``tokenizer_id``."""
+RESUME_KEYS = ("model.*", "chunk_size", "dynamics", "flowception.rate_head")
+"""Training settings a run cannot change when it resumes (they define the model or its input; ``model.*``
+is every ``model`` key but ``activation_checkpointing``); :func:`check_resume` adds the data's
+``codebook_size``, ``latent_size`` and ``tokenizer_id``."""
+_RESUME_FREE = ("model.activation_checkpointing",)  # memory only: the weights are the same
 
 __all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "checkpoint_file", "load_backbone",
            "checkpoint_meta", "check_resume", "RESUME_KEYS"]
@@ -201,10 +203,17 @@ def check_resume(run_dir: str, config: Any, data: dict[str, Any]) -> dict[str, A
     new = OmegaConf.create(config if not OmegaConf.is_config(config) else OmegaConf.to_container(config))
     old = OmegaConf.create(meta.get("config") or {})
     differ = []
+    keys = []
     for key in RESUME_KEYS:
+        if key.endswith(".*"):
+            section = OmegaConf.select(old, key[:-2], default=None) or {}
+            keys += [f"{key[:-2]}.{k}" for k in section if f"{key[:-2]}.{k}" not in _RESUME_FREE]
+        else:
+            keys.append(key)
+    for key in keys:
         before, after = OmegaConf.select(old, key, default=None), OmegaConf.select(new, key, default=None)
-        if before is not None and before != after:
-            differ.append(f"{key}={after} (checkpoint: {before})")
+        if before != after and (before is not None or key.startswith("model.")):
+            differ.append(f"{key}={'null' if after is None else after} (checkpoint: {'null' if before is None else before})")
     for key in ("codebook_size", "latent_size", "tokenizer_id"):
         before, after = (meta.get("data") or {}).get(key), data.get(key)
         if before is not None and after is not None and before != after:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from experiments.config import ConfigError, load_config
-from experiments.schema import ENTRY_POINTS, CONFIG_DIR, get_schema, module_summary, type_name
+from experiments.schema import ENTRY_POINTS, CONFIG_DIR, get_schema, module_summary, type_name, yaml_docs
 
 __all__ = ["main", "cli", "run", "command_line_config", "config_command", "VERBOSITY_WORDS"]
 
@@ -128,7 +128,7 @@ def config_command(name: str, callback: Callable[..., Any], prog: str | None = N
     ``callback(overrides: tuple[str, ...], show_cfg: bool, verbose: bool)`` runs it.
     """
     summary = module_summary(name)
-    header = get_schema(name).header
+    header = yaml_docs((CONFIG_DIR / f"{name}.yaml").read_text()).get("", "")  # no import: the schema is built on use
     help_text = summary + (f"\n\n\b\n{header}" if header else "")
     return ConfigCommand(
         name,
@@ -265,7 +265,22 @@ def _passthrough(name: str) -> click.Command:
     )
 
 
-@click.group(context_settings=CONTEXT, epilog=(
+class _Commands(click.Group):
+    """The entry points as subcommands, each built when used (``maskflow train …`` imports nothing of
+    the other stages)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*ENTRY_POINTS, *_extra_entry_points()]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in ENTRY_POINTS:
+            return _subcommand(cmd_name)
+        if cmd_name in _extra_entry_points():
+            return _passthrough(cmd_name)
+        return None
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT, epilog=(
     "\b\nEach subcommand is also `python -m experiments.<name> KEY=VALUE...`.\n"
     "Shell completion (bash; zsh_source / fish_source likewise):\n"
     "  eval \"$(_MASKFLOW_COMPLETE=bash_source maskflow)\""
@@ -275,12 +290,6 @@ def cli() -> None:
 
     `maskflow COMMAND --help` lists the command's keys with defaults and docs.
     """
-
-
-for _name in ENTRY_POINTS:
-    cli.add_command(_subcommand(_name))
-for _name in _extra_entry_points():
-    cli.add_command(_passthrough(_name))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
