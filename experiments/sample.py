@@ -137,7 +137,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     scfg = sampler_config(cfg, chunk_size, train_cfg["method"]["scheduler"])
     scfg.validate(num_frames)
     m = scfg.n_context_frames
-    clips, have_real = _context_clips(shards, str(cfg.split), num_frames, m, int(cfg.num_videos), int(cfg.seed))
+    clips, have_real = _context_clips(shards, str(cfg.split), num_frames if scfg.sampler != "flowception" else m, m,
+                                      int(cfg.num_videos), int(cfg.seed))  # flowception: context from videos of any length
     have_real = have_real and scfg.sampler != "flowception"  # the model chooses the length: no frame-by-frame score
     lengths = None  # Flowception: frames of each generated video
     context = torch.stack([c.tokens[:m] for c in clips]).long()
