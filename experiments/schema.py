@@ -409,8 +409,8 @@ def _build(name: str, prefix: str, data: dict[str, Any], docs: dict[str, str], s
             tp = Dict[str, Any]
         else:
             tp, typed = Any, False
-        if value is None and tp is not Any and not _is_optional(tp):
-            tp = Optional[tp]
+        if (value is None or re.search(r"\bnull\b", doc)) and tp is not Any and not _is_optional(tp):
+            tp = Optional[tp]  # a null default, or a comment that documents null ("null: none")
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         keys[path] = Key(path, tp, value, doc, typed=typed)

@@ -67,6 +67,9 @@ def test_values_convert_where_a_researcher_means_it():
     cfg = load_config("train", ["loop.max_steps=2e3", "scaling.use_gpu=true", "scaling.gpus_per_worker=0.5", "optim.lr=1"])
     assert cfg.loop.max_steps == 2000 and isinstance(cfg.loop.max_steps, int)
     assert cfg.scaling.use_gpu == "true" and cfg.scaling.gpus_per_worker == 0.5 and cfg.optim.lr == 1.0
+    assert load_config("sweep", ["metric=null"]).metric is None  # its comment documents null
+    with pytest.raises(ConfigError, match="not Optional"):
+        load_config("train", ["optim.precision=null"])
 
 
 def test_a_scalar_for_a_section_maps_to_its_main_key_or_is_refused():
