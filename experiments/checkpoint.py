@@ -9,6 +9,12 @@ Contents (all plain tensors/containers, so ``torch.load(..., weights_only=True)`
 ``step``, ``epoch``, ``rng`` (rank 0's global torch CPU/CUDA generator states), ``config`` (the full resolved training
 config), ``backbone_config`` (constructor kwargs of the backbone), ``data`` (codebook size, token grid,
 tokenizer id and directory of the shards), ``mlflow_run_id``.
+
+A finished training run is also an MLflow logged model (:func:`log_trained_model`): the EMA backbone
+in MLflow's PyTorch flavor (``pt2``, with a tensor signature and an input example), plus, as extra
+files, a weights-only ``checkpoint.pt`` (no optimizer), the shards' tokenizer and the resolved config.
+Every loader here also takes ``runs:/<run_id>/model`` and ``models:/<name>/<version>`` (or
+``models:/<model_id>``) URIs: the model's files are downloaded and its ``checkpoint.pt`` is read.
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ is every ``model`` key but ``activation_checkpointing``); :func:`check_resume` a
 _RESUME_FREE = ("model.activation_checkpointing",)  # memory only: the weights are the same
 
 __all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "checkpoint_file", "load_backbone",
-           "checkpoint_meta", "check_resume", "RESUME_KEYS"]
+           "log_trained_model", "MLFLOW_URI_SCHEMES", "checkpoint_meta", "check_resume", "RESUME_KEYS"]
+
+#: Checkpoint URIs resolved through MLflow (a logged model) rather than a filesystem.
+MLFLOW_URI_SCHEMES = ("runs:/", "models:/")
+MODEL_NAME = "model"  # the logged model's name in its training run: runs:/<run_id>/model
+_TOKENIZER_MAX_BYTES = 64 << 20  # tokenizer files above this (e.g. a VQGAN's weights) are named, not copied
 
 
 def checkpoint_file(path: str | Path) -> str:
@@ -44,12 +55,18 @@ def checkpoint_file(path: str | Path) -> str:
             ``checkpoint_*`` subdirectories hold it (the last one in name order wins: Ray Train names
             them by creation time, so that is the latest). Local path or pyarrow URI.
 
+            Or an MLflow model URI (``runs:/<run_id>/model``, ``models:/<name>/<version>``,
+            ``models:/<model_id>``), downloaded to a temporary directory.
+
     Raises:
-        FileNotFoundError: nothing there, or a directory without any checkpoint (names the path).
+        FileNotFoundError: nothing there, or a directory without any checkpoint (names the path); an
+            MLflow model that does not exist or holds no ``checkpoint.pt``.
         ValueError: a URI scheme pyarrow cannot open.
     """
     from pipeline.fs import resolve
 
+    if str(path).startswith(MLFLOW_URI_SCHEMES):
+        return _download_model_checkpoint(str(path))
     loc = resolve(path)
     if not loc.is_dir():
         if loc.exists():
@@ -141,6 +158,115 @@ def load_backbone(path: str | Path, *, use_ema: bool = True, device: str | torch
         weights = weights["shadow"]
     model.load_state_dict(weights)
     return model.to(device).eval(), state
+
+
+# ------------------------------------------------------------------------------ MLflow models
+def _download_model_checkpoint(uri: str) -> str:
+    """Download an MLflow model (``runs:/…``, ``models:/…``) and return its ``checkpoint.pt``."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tempfile.mkdtemp(prefix="maskflow-model-")))
+    except MlflowException as exc:
+        raise FileNotFoundError(f"no MLflow model at {uri} (tracking URI {mlflow.get_tracking_uri()}): {exc.message}") from None
+    for candidate in (local / "extra_files" / CHECKPOINT_FILE, local / CHECKPOINT_FILE):
+        if candidate.exists():
+            log.info("checkpoint of %s: %s", uri, candidate)
+            return str(candidate)
+    raise FileNotFoundError(
+        f"the MLflow model {uri} holds no extra_files/{CHECKPOINT_FILE}; log it with "
+        "experiments.checkpoint.log_trained_model (training does)"
+    )
+
+
+def _model_signature(backbone_config: dict[str, Any], num_frames: int):
+    """Tensor signature of ``MaskFlowTransformer.forward(tokens, t)`` → logits."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    h, k = int(backbone_config["latent_size"]), int(backbone_config["codebook_size"])
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype("int64"), (-1, num_frames, h, h), "tokens"),
+                       TensorSpec(np.dtype("float32"), (-1, num_frames), "t")]),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, num_frames, h, h, k), "logits")]),
+    )
+
+
+def log_trained_model(client, run_id: str, checkpoint: str | Path, *, register_as: str | None = None) -> str:
+    """Log a training checkpoint as the MLflow logged model ``model`` of run ``run_id``.
+
+    The model holds the EMA backbone in MLflow's PyTorch flavor (``pt2``: ``torch.export`` with a
+    tensor signature ``tokens int64 [B, k, h, w], t float32 [B, k] → logits float32 [B, k, h, w, K]``
+    and an input example of two all-mask windows; ``pickle`` if the export fails) and, in
+    ``extra_files/``, a weights-only ``checkpoint.pt`` (model and EMA weights, backbone config, data
+    info, resolved config: what :func:`load_backbone` reads), the shards' tokenizer files (when under
+    64 MiB; else only named in the data info) and ``config.yaml``. The model's params are the
+    backbone config.
+
+    Args:
+        client: an ``MlflowClient`` on the run's store.
+        run_id: the training run (the model is logged into it as ``runs:/<run_id>/model``).
+        checkpoint: a training checkpoint (see :func:`checkpoint_file`).
+        register_as: also register the model under this name (a new version each time).
+
+    Returns:
+        The model URI: ``models:/<name>/<version>`` when registered, else ``runs:/<run_id>/model``.
+    """
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from maskflow.models import BackboneConfig, MaskFlowTransformer
+
+    state = load_checkpoint(checkpoint)
+    model = MaskFlowTransformer(BackboneConfig(**state["backbone_config"]))
+    ema = state["ema"].get("shadow", state["ema"]) if state.get("ema") else state["model"]
+    model.load_state_dict(ema)
+    model.eval()
+    k = int(state["config"]["chunk_size"])
+    h = int(state["backbone_config"]["latent_size"])
+    mask_id = int(state["backbone_config"]["codebook_size"])
+    example = (torch.full((2, k, h, h), mask_id, dtype=torch.int64), torch.ones(2, k))
+    with tempfile.TemporaryDirectory() as tmp:
+        slim = {key: state[key] for key in ("model", "ema", "step", "epoch", "config", "backbone_config", "data", "mlflow_run_id")
+                if key in state}
+        extra = [save_checkpoint(tmp, slim)]
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(state["config"], sort_keys=False))
+        extra.append(Path(tmp) / "config.yaml")
+        tok_dir = Path(str((state.get("data") or {}).get("tokenizer_dir") or ""))
+        if tok_dir.is_dir():
+            files = [f for f in sorted(tok_dir.iterdir()) if f.is_file()]
+            if sum(f.stat().st_size for f in files) <= _TOKENIZER_MAX_BYTES:
+                extra += files
+            else:
+                log.info("tokenizer %s is over %d MiB: named in the model's data info, not copied", tok_dir, _TOKENIZER_MAX_BYTES >> 20)
+        common = dict(
+            name=MODEL_NAME, signature=_model_signature(state["backbone_config"], k), input_example=example,
+            extra_files=[str(f) for f in extra], registered_model_name=register_as or None,
+            params={key: str(v) for key, v in state["backbone_config"].items()},
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "einops"],
+        )
+        active = mlflow.active_run()
+        if active is None or active.info.run_id != run_id:
+            raise RuntimeError(f"log_trained_model needs run {run_id} to be the active MLflow run")
+        try:
+            info = mlflow.pytorch.log_model(model, serialization_format="pt2", **common)
+        except Exception as exc:  # torch.export cannot trace every backbone variant: keep the pickle format
+            log.warning("torch.export of the backbone failed (%s); logging the model in the pickle format", exc)
+            info = mlflow.pytorch.log_model(model, serialization_format="pickle", **common)
+    if register_as and info.registered_model_version is not None:
+        uri = f"models:/{register_as}/{info.registered_model_version}"
+    else:
+        uri = f"runs:/{run_id}/{MODEL_NAME}"
+    client.set_tag(run_id, "model_uri", uri)
+    log.info("logged the trained model as %s (%s)", uri, info.model_uri)
+    return uri
+
 
 # ------------------------------------------------------------------------------ resuming
 def checkpoint_meta(path: str | Path) -> dict[str, Any] | None:

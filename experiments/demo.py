@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from experiments import console
 from experiments.config import load_config
 
 log = logging.getLogger("experiments.demo")
@@ -30,25 +30,8 @@ log = logging.getLogger("experiments.demo")
 __all__ = ["main"]
 
 
-def _setup_logging(out: Path) -> None:
-    fmt = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S")
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        sh = logging.StreamHandler()
-        sh.setFormatter(fmt)
-        root.addHandler(sh)
-    fh = logging.FileHandler(out / "demo.log")
-    fh.setFormatter(fmt)
-    root.addHandler(fh)
-    for noisy in ("alembic", "mlflow.store", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``out_dir/summary.json``) what it did."""
-    import ray
-
     from experiments import flowception as flowception_stack
     from experiments import sample as sample_stage
     from experiments import tokenize as tokenize_stage
@@ -59,10 +42,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(str(cfg.out_dir)).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _setup_logging(out)
+    console.setup(out / "demo.log", level=None)  # the level (-v) was chosen by the command line
+    console.status("MaskFlow demo → %s (full log: %s)", out, console.log_file())
     uri = tracking.resolve_tracking_uri(None, workdir=out)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    console.init_ray()
     timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- 1. videos
@@ -73,12 +56,22 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"videos={cfg.videos} is not a directory")
     else:
         videos = out / "videos"
+        # grid motion moves sprites on the tokenizer's token grid (resolution / patch size cells)
+        patch = int(load_config("tokenize", []).tokenizer.patch_size)
         if flowception_stack.dynamics(cfg) == "flowception":  # videos of a few distinct lengths (Figure 11)
             flowception_stack.write_variable_length_sprites(
-                videos, int(cfg.num_synthetic_videos), list(cfg.flowception_lengths), seed=int(cfg.seed)
+                videos, int(cfg.num_synthetic_videos), list(cfg.flowception_lengths), seed=int(cfg.seed),
+                motion=str(cfg.synthetic_motion), grid_cells=int(cfg.resolution) // patch,
             )
         else:
-            write_sprite_videos(videos, num_videos=int(cfg.num_synthetic_videos), seed=int(cfg.seed))
+            write_sprite_videos(
+                videos,
+                num_videos=int(cfg.num_synthetic_videos),
+                num_frames=int(cfg.synthetic_frames),
+                seed=int(cfg.seed),
+                motion=str(cfg.synthetic_motion),
+                grid_cells=int(cfg.resolution) // patch,
+            )
     timings["videos_s"] = time.perf_counter() - t0
 
     # -------------------------------------------------------------- 2. tokenize
@@ -89,6 +82,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         [
             f"inputs={videos}",
             f"output_dir={out / 'tokens'}",
+            "mlflow.experiment=maskflow-demo",
             f"resolution={int(cfg.resolution)}",
             f"tokenizer.codebook_size={int(cfg.codebook_size)}",
             f"min_frames={k if flowception_stack.dynamics(cfg) != 'flowception' else int(cfg.n_context_frames) + 1}",
@@ -110,6 +104,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"dynamics={flowception_stack.dynamics(cfg)}",
             f"seed={int(cfg.seed)}",
             f"model.size={cfg.model_size}",
+            f"model.patch_size={cfg.patch_size}",
             f"method.max_context_frames={int(cfg.n_context_frames)}",
             f"optim.lr={float(cfg.lr)}",
             "optim.warmup_steps=20",
@@ -193,6 +188,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "loss_last": trained["final_loss"],
         "mlflow_tracking_uri": uri,
         "mlflow_run_ids": {"train": trained["mlflow_run_id"], "sample": sampled["mlflow_run_id"]},
+        "mlflow_model_uri": trained.get("model_uri"),
         "sample_video": video0["mp4"],
         "sample_gif": video0["gif"],
         "sample_comparison_gif": video0.get("comparison_gif"),
@@ -251,6 +247,11 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover - CLI
-    from experiments.cli import run
+    import sys
 
-    run(main, "demo")
+    from experiments.cli import command_line_config, run
+
+    level, words = console.split_verbosity(sys.argv[1:])
+    demo_cfg = command_line_config("demo", words)  # --help, --cfg; exit code 2 on a config error
+    console.setup(Path(str(demo_cfg.out_dir)) / "demo.log", level)
+    run(main, "demo", demo_cfg)

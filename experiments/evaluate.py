@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from experiments.config import ConfigError, flatten, load_config, to_container
+from experiments.config import ConfigError, to_container
 
 log = logging.getLogger("experiments.evaluate")
 
@@ -86,6 +86,7 @@ def main(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     extra_tags: dict[str, Any] | None = None,
+    resume_key: tuple[str, str] | None = None,
     fail: bool = False,
 ) -> dict[str, Any]:
     """Run the protocol for one setting; returns its metrics (also logged to MLflow).
@@ -95,14 +96,17 @@ def main(
         parent_run_id: nest the MLflow run under this run (a sweep).
         run_name: MLflow run name (default: derived from the settings).
         extra_tags: more MLflow tags (e.g. the sweep's trial index).
+        resume_key: ``(tag, value)`` naming the run to continue if it exists (a sweep's trial that
+            Tune runs again after an interruption continues its child run instead of leaving it
+            ``RUNNING`` and adding another).
         fail: testing aid, raise after the run is opened (the run is marked FAILED).
 
     Raises:
         ConfigError: a missing checkpoint, a codebook mismatch, or a sampler setting out of range.
     """
-    from experiments import tracking
+    from experiments import console, tracking
     from experiments.heldout import heldout_quality
-    from experiments.sample import load_for_sampling, sampler_config
+    from experiments.sample import load_for_sampling, resolved_sampler_settings, sampler_config
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.metrics import MIN_FRAMES, compute_fvd, video_quality_metrics
     from maskflow.sampling import expected_nfe
@@ -124,9 +128,18 @@ def main(
         client, cfg.mlflow.experiment, name,
         tags={"stage": "evaluate", "checkpoint": str(cfg.checkpoint), **(extra_tags or {})},
         parent_run_id=parent_run_id,
+        resume_key=resume_key,
+        description=(
+            f"Evaluation (section 4.1 protocol) of {scfg.sampler.upper()} with {scfg.sampling_steps} steps, stride "
+            f"{scfg.resolved_stride}, guidance {scfg.guidance_scale:g}: {cfg.num_videos} held-out videos of the "
+            f"{cfg.split!r} split of {shards}, {m} context + {num_frames} frames; checkpoint {cfg.checkpoint}."
+        ),
+        experiment_description="MaskFlow evaluations and sampler sweeps: one parent run per sweep, one child run per setting.",
     )
     try:
-        tracking.log_params(client, run_id, {**flatten(to_container(cfg)), "chunk_size": k})
+        tracking.log_config(client, run_id, {**to_container(cfg), **resolved_sampler_settings(scfg), "shards": shards,
+                                             "num_frames": num_frames})
+        tracking.log_dataset(client, run_id, shards, context="evaluation")
         if fail:
             raise RuntimeError("injected trial failure (sweep fail_trial)")
         clips = load_eval_clips(shards, num_frames=num_frames, num_clips=int(cfg.num_videos), seed=int(cfg.seed),
@@ -136,8 +149,9 @@ def main(
                 f"no {cfg.split!r} segment in {shards} has L = {num_frames} frames "
                 f"(extrapolation={cfg.extrapolation} x chunk_size={k}); lower extrapolation or add longer videos"
             )
-        held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
-                               batch_size=int(cfg.batch_size))
+        with console.Progress(f"evaluate {name}: sampling {len(clips)} videos", unit="chunk") as bar:
+            held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
+                                   batch_size=int(cfg.batch_size), progress=bar.callback())
         real, fake, wall, n = held.real_frames, held.fake_frames, held.metrics["wall_time_s"], len(clips)
         metrics: dict[str, Any] = {
             "nfe": float(held.metrics["nfe"]),  # per video (a batch's videos share each pass)
@@ -165,7 +179,11 @@ def main(
 
             cache = RealStatsCache(cfg.fvd.cache_dir)
             key = _real_stats_key(shards, tokenizer.tokenizer_id, real.shape[2], num_frames, extractor.name, clips)
-            fvd = compute_fvd(real, fake, extractor, real_stats=cache.get_or_compute(key, lambda: extractor.stats(real)))
+            with console.Progress(f"evaluate {name}: FVD features ({extractor.name})", unit="clip") as bar:
+                real_stats = cache.get_or_compute(  # real clips first (once per cache key), then generated ones
+                    key, lambda: extractor.stats(real, progress=lambda d, t: bar.update(d, total=2 * t)))
+                fvd = compute_fvd(real, fake, extractor, real_stats=real_stats,
+                                  progress=lambda d, t: bar.update(len(real) + d, total=len(real) + t))
             # fvd_num_videos: the same N, the column experiments.report reads
             metrics.update(fvd=fvd.fvd, fvd_n=fvd.num_fake, fvd_num_videos=fvd.num_fake)
         metrics["fvd_feature_network"] = fvd_network
@@ -180,11 +198,13 @@ def main(
         grid = upscale(np.concatenate(rows, axis=1), scale)
         gif = write_gif(grid, out / f"{name}_grid.gif", fps=float(cfg.fps))
         mp4 = write_mp4(grid, out / f"{name}_grid.mp4", fps=float(cfg.fps))
-        tracking.log_metrics(client, run_id, {k2: v for k2, v in metrics.items() if isinstance(v, (int, float))})
+        tracking.log_metrics(client, run_id, {k2: v for k2, v in metrics.items() if isinstance(v, (int, float))},
+                             prefix="eval/")
         for key2, values in metrics.items():  # per-frame curves: step = frame index in the video
             if isinstance(values, (list, tuple)):
                 for f, v in enumerate(values):
-                    tracking.log_metrics(client, run_id, {key2: v}, step=f)
+                    tracking.log_metrics(client, run_id, {key2: v}, step=f, prefix="eval/")
+        tracking.log_frame_strip(client, run_id, real[0], fake[0], m)
         tracking.log_artifact(client, run_id, gif, artifact_path="videos")
         tracking.log_artifact(client, run_id, mp4, artifact_path="videos")
         (out / f"{name}_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

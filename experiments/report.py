@@ -3,8 +3,9 @@
     python -m experiments.report parent_run_id=RUN_ID            # the sweep's parent run
     python -m experiments.report experiment=maskflow-sweep        # every evaluation run of an experiment
 
-Reads the runs back with ``mlflow.search_runs`` and writes ``report.md`` (Markdown tables) and
-``quality_vs_nfe.png`` into ``out_dir``, and logs both as artifacts of the parent run when given.
+Reads the runs back with ``mlflow.search_runs`` and writes ``report.md`` (Markdown tables) and the
+figures ``quality_vs_nfe.png``, ``quality_vs_stride.png`` and ``quality_vs_guidance.png`` (each when
+its setting was swept) into ``out_dir``, and logs them as artifacts of the parent run when given.
 Quality is FVD (lower is better) where the runs have it, else mean PSNR of the continuation (higher
 is better); every FVD is shown with its sample count N.
 
@@ -23,11 +24,10 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from experiments.config import load_config
 
 log = logging.getLogger("experiments.report")
 
-__all__ = ["main", "load_runs", "render_markdown", "plot_quality_vs_nfe"]
+__all__ = ["main", "load_runs", "render_markdown", "plot_quality", "plot_quality_vs_nfe", "FIGURES"]
 
 
 def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experiment: str | None = None) -> pd.DataFrame:
@@ -62,7 +62,7 @@ def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experi
         out[col] = pd.to_numeric(df.get(f"params.{col}"), errors="coerce")
     for col in ("nfe", "expected_nfe", "wall_time_s", "fvd", "fvd_num_videos", "psnr", "ssim", "stride_effective",
                 "num_videos"):
-        key = f"metrics.{col}"
+        key = f"metrics.eval/{col}"  # experiments.evaluate logs under eval/
         out[col] = pd.to_numeric(df[key], errors="coerce") if key in df else float("nan")
     out["stride"] = out["stride_effective"]
     return out
@@ -131,25 +131,36 @@ def render_markdown(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def plot_quality_vs_nfe(df: pd.DataFrame, path: str | Path) -> Path | None:
-    """Scatter/line plot of quality against total NFE, one series per sampler; ``None`` without runs."""
+#: The sweep's questions as figures: x column → (axis label, log scale, file name).
+FIGURES = {
+    "nfe": ("total NFE per video (log)", True, "quality_vs_nfe.png"),
+    "stride": ("sampling stride s", False, "quality_vs_stride.png"),
+    "guidance_scale": ("partial context guidance ω", False, "quality_vs_guidance.png"),
+}
+
+
+def plot_quality(df: pd.DataFrame, x: str, path: str | Path) -> Path | None:
+    """Quality against ``x`` (a :data:`FIGURES` key), one line per sampler (mean over the other settings);
+    ``None`` without finished runs or when ``x`` takes fewer than two values (nothing to compare)."""
     ok = df[df["status"] == "FINISHED"] if not df.empty else df
-    if ok.empty:
+    if ok.empty or ok[x].nunique(dropna=True) < (1 if x == "nfe" else 2):
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    label, log_x, _ = FIGURES[x]
     q, qtitle = _quality(ok)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for sampler, g in ok.groupby("sampler"):
-        g = g.groupby("nfe", as_index=False)[q].mean().sort_values("nfe")
-        ax.plot(g["nfe"], g[q], marker="o", label=str(sampler))
-    ax.set_xscale("log")
-    ax.set_xlabel("total NFE per video (log)")
+        g = g.groupby(x, as_index=False)[q].mean().sort_values(x)
+        ax.plot(g[x], g[q], marker="o", label=str(sampler))
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
     ax.set_ylabel(qtitle)
-    ax.set_title("quality against NFE")
+    ax.set_title(f"quality against {label.split(' (')[0]}")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -158,6 +169,11 @@ def plot_quality_vs_nfe(df: pd.DataFrame, path: str | Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_quality_vs_nfe(df: pd.DataFrame, path: str | Path) -> Path | None:
+    """Quality against total NFE, one series per sampler; ``None`` without runs (see :func:`plot_quality`)."""
+    return plot_quality(df, "nfe", path)
 
 
 def main(cfg: DictConfig) -> dict[str, Any]:
@@ -171,14 +187,17 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
     md.write_text(render_markdown(df))
-    plot = plot_quality_vs_nfe(df, out / "quality_vs_nfe.png")
+    plots = {x: plot_quality(df, x, out / name) for x, (_, _, name) in FIGURES.items()}
     if parent:
         client = tracking.get_client(uri)
         tracking.log_artifact(client, parent, md, artifact_path="report")
-        if plot is not None:
-            tracking.log_artifact(client, parent, plot, artifact_path="report")
+        for plot in plots.values():
+            if plot is not None:
+                tracking.log_artifact(client, parent, plot, artifact_path="report")
     log.info("report of %d runs: %s", len(df), md)
-    return {"markdown": str(md), "plot": str(plot) if plot else None, "num_runs": int(len(df))}
+    plot = plots["nfe"]
+    return {"markdown": str(md), "plot": str(plot) if plot else None, "num_runs": int(len(df)),
+            "figures": {x: str(p) for x, p in plots.items() if p is not None}}
 
 
 if __name__ == "__main__":  # pragma: no cover - CLI

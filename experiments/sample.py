@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from experiments.config import ConfigError, flatten, load_config, to_container
+from experiments.config import ConfigError, to_container
 from experiments.heldout import generate_videos
 
 log = logging.getLogger("experiments.sample")
 
-__all__ = ["main", "sampler_config", "pick_device", "generate_videos", "load_for_sampling"]
+__all__ = ["main", "sampler_config", "resolved_sampler_settings", "pick_device", "generate_videos", "load_for_sampling"]
 
 SAMPLER_KEYS = (
     "sampler",
@@ -60,6 +60,15 @@ def sampler_config(cfg: DictConfig, chunk_size: int, scheduler: str):
 
     kwargs = {k: cfg[k] for k in SAMPLER_KEYS if k in cfg}
     return SamplerConfig(chunk_size=int(chunk_size), scheduler=scheduler, **kwargs)
+
+
+def resolved_sampler_settings(scfg) -> dict[str, Any]:
+    """The settings a sampler ran with, every ``None`` replaced by the value the code uses (``stride``
+    → ``k − m``, ``partial_context_level`` → its default): what runs log as params and summaries report."""
+    out = {k: getattr(scfg, k) for k in SAMPLER_KEYS if hasattr(scfg, k)}
+    out.update(stride=scfg.resolved_stride, partial_context_level=scfg.resolved_partial_context_level,
+               chunk_size=scfg.chunk_size, scheduler=scfg.scheduler)
+    return out
 
 
 def load_for_sampling(cfg: DictConfig):
@@ -124,7 +133,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         ConfigError: missing checkpoint, codebook mismatch between checkpoint and shards, or a sampler
             setting outside its range (named, with the allowed range).
     """
-    from experiments import tracking
+    from experiments import console, tracking
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from experiments import flowception as flowception_stack
     from maskflow.sampling import expected_nfe
@@ -145,17 +154,20 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     quality: dict[str, Any] = {}
+    bar = console.Progress(f"sample: {len(clips)} videos of {num_frames} frames ({scfg.sampler})", unit="chunk")
     if have_real and m >= 1:  # real continuations: score them next to the copy-last-frame baseline
         from experiments.heldout import heldout_quality
 
         held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
-                               batch_size=len(clips), fvd_extractor=_fvd_extractor(cfg, device), progress=True)
+                               batch_size=len(clips), fvd_extractor=_fvd_extractor(cfg, device), progress=bar.callback())
         tokens, frames, nfe = held.fake_tokens, held.fake_frames, int(held.metrics["nfe"])
         quality = {k: v for k, v in held.metrics.items() if not isinstance(v, list)}
     else:
-        result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=int(cfg.seed), progress=True)
+        result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=int(cfg.seed),
+                                         progress=bar.callback())
         tokens, nfe = result.tokens.cpu(), int(result.nfe)
         lengths = result.lengths
+    bar.close()
     wall = time.perf_counter() - t0
     context_frames = tokenizer.decode(context.flatten(0, 1)).reshape(len(clips), m, *frames.shape[2:])
     context_exact = bool(torch.equal(frames[:, :m], context_frames)) and bool(torch.equal(tokens[:, :m], context))
@@ -182,7 +194,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     summary = {
         "checkpoint": str(cfg.checkpoint),
-        "sampler": {**{k: getattr(scfg, k) for k in SAMPLER_KEYS if hasattr(scfg, k)}, "stride": scfg.resolved_stride},
+        "sampler": resolved_sampler_settings(scfg),
         "chunk_size": chunk_size,
         "num_frames": num_frames,
         "extrapolation": num_frames / chunk_size,
@@ -206,23 +218,38 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         f"{scfg.sampler}-s{scfg.resolved_stride}-x{summary['extrapolation']:g}",
         tags={"stage": "sample", "checkpoint": str(cfg.checkpoint)},
         parent_run_id=cfg.mlflow.parent_run_id,
+        description=(
+            f"{scfg.sampler.upper()} sampling ({scfg.sampling_steps} steps, stride {scfg.resolved_stride}, guidance "
+            f"{scfg.guidance_scale:g}) of {len(clips)} video(s) x {num_frames} frames from {m} real context frames "
+            f"of the {cfg.split!r} split of {shards}; checkpoint {cfg.checkpoint}."
+        ),
+        experiment_description="MaskFlow sampling runs: generated videos, NFE and continuation quality.",
     )
-    tracking.log_params(client, run_id, flatten({**to_container(cfg), "chunk_size": chunk_size}))
-    tracking.log_metrics(
-        client,
-        run_id,
-        {
-            **{k: summary[k] for k in ("nfe", "expected_nfe", "wall_time_s", "frames_per_s", "num_frames", "extrapolation")},
-            **{f"heldout_{k}" if not k.startswith("copy_") else k: v for k, v in quality.items()
-               if isinstance(v, (int, float)) and k not in ("nfe", "wall_time_s")},
-        },
-    )
-    for entry in videos:
-        for key in ("mp4", "gif", "comparison_gif"):
-            if key in entry:
-                tracking.log_artifact(client, run_id, entry[key], artifact_path="videos")
-    (out / "sample_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    tracking.log_artifact(client, run_id, out / "sample_summary.json")
+    try:
+        resolved = {**to_container(cfg), **summary["sampler"], "shards": shards, "num_frames": num_frames,
+                    "extrapolation": summary["extrapolation"]}
+        tracking.log_config(client, run_id, resolved)
+        tracking.log_dataset(client, run_id, shards, context="sampling")
+        tracking.log_metrics(
+            client,
+            run_id,
+            {
+                **{k: summary[k] for k in ("nfe", "expected_nfe", "wall_time_s", "frames_per_s")},
+                **{k: v for k, v in quality.items() if isinstance(v, (int, float)) and k not in ("nfe", "wall_time_s")},
+            },
+            prefix="sample/",
+        )
+        real0 = tokenizer.decode(clips[0].tokens).numpy() if have_real else None
+        tracking.log_frame_strip(client, run_id, real0, frames[0].numpy(), m)
+        for entry in videos:
+            for key in ("mp4", "gif", "comparison_gif"):
+                if key in entry:
+                    tracking.log_artifact(client, run_id, entry[key], artifact_path="videos")
+        (out / "sample_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        tracking.log_artifact(client, run_id, out / "sample_summary.json")
+    except BaseException:
+        tracking.end_run(client, run_id, status="FAILED")
+        raise
     if lengths:  # the lengths Flowception generated
         tracking.log_metrics(client, run_id, {"sample/mean_frames": summary["mean_frames"],
                                               "sample/min_frames": min(lengths), "sample/max_frames": max(lengths)})

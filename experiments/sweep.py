@@ -25,7 +25,9 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -183,6 +185,8 @@ def _search_alg(cfg: DictConfig):
         raise ConfigError(f"search=optuna needs the optuna package: {exc}") from exc
     import optuna
 
+    optuna.logging.disable_default_handler()  # Optuna's own stderr handler: its messages go to the log file
+    optuna.logging.enable_propagation()
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=int(cfg.search_seed)))
 
 
@@ -330,6 +334,12 @@ def _best_trial(results, cfg: DictConfig) -> dict[str, Any] | None:
     return {k: v for k, v in (best.metrics or {}).items() if k in AXES or k == cfg.metric}
 
 
+def _error_summary(text: str) -> str:
+    """The last line of a trial's error (``ValueError: …``), without terminal colour codes."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
 def _trial_progress_callback(total: int):
     """A Tune callback that draws the sweep's progress (trials done, ETA, the last trial's metrics) and
     warns about failed trials. Its console state is not pickled with the experiment (Tune saves callbacks
@@ -419,6 +429,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     base.mlflow.tracking_uri = uri
     base.mlflow.experiment = cfg.mlflow.experiment
     console.init_ray()
+    if not console.verbose():  # Tune's console output (experiment box, trial tables): the callback's lines instead
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
     resources = {k: float(v) for k, v in to_container(cfg.resources_per_trial).items() if float(v) > 0}
     trainable = tune.with_resources(run_trial, resources)
@@ -464,7 +476,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     results = tuner.fit()
     errors = [str(e) for e in results.errors]
     for err in errors:
-        log.warning("a trial failed: %s", err.splitlines()[0] if err else err)
+        log.warning("a trial failed: %s", _error_summary(err))
     with _local_dir(f"{storage}/{name}/report") as report_dir:
         rendered = report_stage.main(
             OmegaConf.create({"parent_run_id": parent_id, "out_dir": str(report_dir), "mlflow": {"tracking_uri": uri}})

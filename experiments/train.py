@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from experiments import console
 from experiments import flowception as flowception_stack
-from experiments.config import ConfigError, flatten, load_config, to_container
+from experiments.config import ConfigError, to_container
 
 log = logging.getLogger("experiments.train")
 
@@ -47,11 +48,11 @@ def validate_config(cfg: DictConfig) -> None:
     """
     if int(cfg.chunk_size) < 2:
         raise ConfigError(f"chunk_size must be >= 2, got {cfg.chunk_size}")
+    flowception_stack.validate(cfg)  # dynamics and the flowception.* settings
     from maskflow.models import MODEL_SIZES
 
     if str(cfg.model.size) not in MODEL_SIZES:
         raise ConfigError(f"model.size must be one of {', '.join(MODEL_SIZES)}, got {cfg.model.size!r}")
-    flowception_stack.validate(cfg)  # dynamics and the flowception.* settings
     if not 0 <= int(cfg.method.max_context_frames) < int(cfg.chunk_size):
         raise ConfigError(
             f"method.max_context_frames must be in [0, chunk_size - 1] = [0, {int(cfg.chunk_size) - 1}], "
@@ -78,6 +79,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.lr_decay must be constant or cosine, got {cfg.optim.lr_decay!r}")
     if cfg.optim.precision not in ("bf16", "fp16", "fp32"):
         raise ConfigError(f"optim.precision must be bf16, fp16 or fp32, got {cfg.optim.precision!r}")
+    _checkpoint_upload_kwargs(cfg)
     if str(cfg.scaling.use_gpu).lower() not in ("auto", "true", "false"):
         raise ConfigError(f"scaling.use_gpu must be auto, true or false, got {cfg.scaling.use_gpu!r}")
 
@@ -186,6 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         time_conditioning=cfg.model.time_conditioning,
         activation_checkpointing=bool(cfg.model.activation_checkpointing),
         rate_head=flowception_stack.rate_head(cfg),  # 'none' for MaskFlow
+        **({} if cfg.model.get("patch_size") is None else {"patch_size": int(cfg.model.patch_size)}),
     )
     backbone_config = _backbone_kwargs(model)
     optim_cfg = OptimConfig(
@@ -239,42 +242,52 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     client = None
     if rank == 0:
         client = tracking.get_client(mlf["tracking_uri"])
-        if cfg.mlflow.system_metrics:
-            _start_system_metrics(mlf)
+    system_metrics = None
+    if cfg.mlflow.system_metrics and ctx.get_local_rank() == 0:  # one monitor per node: system/node<i>/…
+        system_metrics = tracking.node_system_metrics(mlf["run_id"], f"node{ctx.get_node_rank()}", mlf["tracking_uri"])
+        system_metrics.__enter__()
 
     max_steps = int(cfg.loop.max_steps)
     bs = int(cfg.loop.batch_size_per_worker)
     shard = ray.train.get_dataset_shard("train")
     t_log, tokens_since, window = time.perf_counter(), 0, []
+    smoothed = _Smoothed(SMOOTHING_DECAY)
     heldout = _HeldoutProbe(cfg, data, device, objective) if rank == 0 else None
     extras_window = flowception_stack.ExtrasWindow()  # the objective's further figures (Flowception's insertion loss)
 
+    upload_mode = _checkpoint_upload_kwargs(cfg)
+
     def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
+        if rank == 0:
+            console.publish(config.get("_progress"), step, metrics, total=max_steps)
         if not with_checkpoint:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(
-                    tmp,
-                    {
-                        "model": _unwrap(model).state_dict(),
-                        "ema": ema.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "lr_schedule": lr_schedule.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                        "step": step,
-                        "epoch": epoch,
-                        "rng": _rng_state(device),
-                        "config": to_container(cfg),
-                        "backbone_config": backbone_config,
-                        "data": data,
-                        "mlflow_run_id": mlf["run_id"],
-                    },
-                )
-                checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+        # rank 0 writes the checkpoint to a local temporary directory; Ray Train copies it to the run's
+        # storage and deletes it (run.checkpoint_upload=async: in a background thread, so no rank waits
+        # for the upload at this barrier)
+        checkpoint = None
+        if rank == 0:
+            tmp = tempfile.mkdtemp(prefix="maskflow-ckpt-")
+            save_checkpoint(
+                tmp,
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_schedule": lr_schedule.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                    "step": step,
+                    "epoch": epoch,
+                    "rng": _rng_state(device),
+                    "config": to_container(cfg),
+                    "backbone_config": backbone_config,
+                    "data": data,
+                    "mlflow_run_id": mlf["run_id"],
+                },
+            )
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, **upload_mode)
 
     eval_every, sample_every = int(cfg.loop.eval_every or 0), int(cfg.loop.sample_every or 0)
     model.train()
@@ -291,6 +304,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             window.append((res.loss, res.accuracy, res.masked_ce))
             extras_window.add(res.extras)
+            smoothed.update(float(res.masked_ce))
             tokens_since += res.num_tokens
             step += 1
 
@@ -304,6 +318,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "loss": float(np.mean([w[0] for w in window])),
                     "masked_accuracy": float(np.mean([w[1] for w in window])),
                     "masked_ce": float(np.mean([w[2] for w in window])),
+                    "masked_ce_smoothed": smoothed.value,
                     "lr": res.lr,
                     "grad_norm": res.grad_norm,
                     "tokens_per_s": tokens_since * world / max(dt, 1e-9),
@@ -318,7 +333,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     if do_sample:
                         metrics.update(heldout.continuations(_unwrap(model), ema, client, mlf, step))
                 if client is not None:
-                    tracking.log_metrics(client, mlf["run_id"], metrics, step=step)
+                    tracking.log_metrics(client, mlf["run_id"], mlflow_metrics(metrics), step=step, tags={"epoch": epoch})
                 report(metrics, with_checkpoint=do_ckpt)
                 t_log, tokens_since, window = time.perf_counter(), 0, []
             if last:
@@ -329,8 +344,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"{world} workers x batch_size_per_worker={bs} (lower one of them or add videos)"
             )
         epoch += 1
-    if rank == 0 and cfg.mlflow.system_metrics:
-        _stop_system_metrics()
+    if system_metrics is not None:
+        system_metrics.__exit__(None, None, None)
 
 
 class _HeldoutProbe:
@@ -408,6 +423,7 @@ class _HeldoutProbe:
             with tempfile.TemporaryDirectory() as tmp:
                 for path in (write_mp4(both, f"{tmp}/step_{step:07d}.mp4"), write_gif(both, f"{tmp}/step_{step:07d}.gif")):
                     tracking.log_artifact(client, mlf["run_id"], path, artifact_path="samples")
+            tracking.log_frame_strip(client, mlf["run_id"], real, fake, self.m, step=step)
             return {
                 "heldout_token_accuracy": q["token_accuracy"],
                 "copy_last_frame_token_accuracy": q["copy_last_frame_token_accuracy"],
@@ -447,6 +463,81 @@ def _set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+#: MLflow name of each metric the worker reports to Ray (Ray's report and the summary keep the plain
+#: names): ``train/`` the objective on training batches (``masked_ce`` is the headline loss: the
+#: unweighted masked cross-entropy in nats, mean over the logging interval; ``objective`` is the
+#: weighted loss that is minimised), ``val/`` the objective on held-out windows, ``sample/`` held-out
+#: continuations of the EMA weights. ``step`` is the x-axis and ``epoch`` a tag.
+MLFLOW_METRIC_NAMES = {
+    "masked_ce": "train/masked_ce",
+    "masked_ce_smoothed": "train/masked_ce_smoothed",
+    "loss": "train/objective",
+    "masked_accuracy": "train/masked_accuracy",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "train/tokens_per_s",
+    "memory_bytes": "train/memory_bytes",
+    "val_masked_ce": "val/masked_ce",
+    "val_masked_accuracy": "val/masked_accuracy",
+    "heldout_token_accuracy": "sample/token_accuracy",
+    "copy_last_frame_token_accuracy": "sample/copy_last_frame_token_accuracy",
+    "heldout_foreground_token_accuracy": "sample/foreground_token_accuracy",
+    "heldout_foreground_share": "sample/foreground_share",
+    "real_foreground_share": "sample/real_foreground_share",
+    "heldout_psnr_db": "sample/psnr_db",
+    "copy_last_frame_psnr_db": "sample/copy_last_frame_psnr_db",
+    "heldout_ssim": "sample/ssim",
+    "copy_last_frame_ssim": "sample/copy_last_frame_ssim",
+    "heldout_clips": "sample/clips",
+    "sample_nfe": "sample/nfe",
+    **flowception_stack.EXTRA_METRICS,
+}
+
+#: Decay of the exponential moving average behind ``train/masked_ce_smoothed`` (per step: about the
+#: last 50 steps).
+SMOOTHING_DECAY = 0.98
+
+
+def mlflow_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The worker's report under its MLflow names (:data:`MLFLOW_METRIC_NAMES`); ``step``/``epoch`` dropped.
+
+    Raises:
+        KeyError: a metric without an MLflow name (every metric must have a namespace).
+    """
+    return {MLFLOW_METRIC_NAMES[k]: v for k, v in metrics.items() if k not in ("step", "epoch")}
+
+
+class _Smoothed:
+    """Bias-corrected exponential moving average (Adam's correction: exact mean of a constant series)."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay, self.avg, self.n = decay, 0.0, 0
+
+    def update(self, x: float) -> None:
+        self.avg, self.n = self.decay * self.avg + (1 - self.decay) * x, self.n + 1
+
+    @property
+    def value(self) -> float:
+        return self.avg / (1 - self.decay**self.n) if self.n else float("nan")
+
+
+def _checkpoint_upload_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``ray.train.report`` keywords for ``run.checkpoint_upload``: ``async`` (default) uploads in a
+    background thread of each worker (``CheckpointUploadMode.ASYNC``; the ranks go on training), ``sync``
+    waits for the upload at the report barrier. The local copy is deleted after the upload either way.
+
+    Raises:
+        ConfigError: a value other than ``async`` or ``sync``.
+    """
+    mode = str(cfg.run.get("checkpoint_upload", "async")).lower()
+    if mode not in ("async", "sync"):
+        raise ConfigError(f"run.checkpoint_upload must be async or sync, got {mode!r}")
+    from ray.train import CheckpointUploadMode
+
+    return {"checkpoint_upload_mode": CheckpointUploadMode.ASYNC if mode == "async" else CheckpointUploadMode.SYNC,
+            "delete_local_checkpoint_after_upload": True}
+
+
 def _step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
 
@@ -472,28 +563,6 @@ def _maybe_fail(config: dict[str, Any], step: int, rank: int) -> None:
     raise RuntimeError(f"injected failure at step {step} on rank {rank} (loop.fail_at_step)")
 
 
-_SYSTEM_METRICS = None
-
-
-def _start_system_metrics(mlf: dict[str, Any]) -> None:
-    global _SYSTEM_METRICS
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        _SYSTEM_METRICS = SystemMetricsMonitor(mlf["run_id"], sampling_interval=10)
-        _SYSTEM_METRICS.start()
-    except Exception as exc:  # system metrics are a nicety; never fail training for them
-        log.warning("system metrics disabled: %s", exc)
-
-
-def _stop_system_metrics() -> None:
-    if _SYSTEM_METRICS is not None:
-        try:
-            _SYSTEM_METRICS.finish()
-        except Exception:  # pragma: no cover
-            pass
-
-
 # ------------------------------------------------------------------------------------ driver
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume) one training job; returns a summary dict.
@@ -514,6 +583,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from experiments import tracking
+    from experiments.checkpoint import log_trained_model
     from experiments.heldout import UNSEEN_CODE_WARNING
     from pipeline.readers import training_window_dataset, unseen_code_share
 
@@ -525,8 +595,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
         root = str(cfg.run.storage_path)
         check_resume(f"{root if '://' in root else Path(root).resolve()}/{cfg.run_name}", cfg, data_info(str(cfg.shards)))
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    console.init_ray()
 
     data = data_info(str(cfg.shards))
     run_name = cfg.run_name or time.strftime("maskflow-%Y%m%d-%H%M%S")
@@ -544,8 +613,18 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         run_name,
         resume_key=("ray_run_name", run_name),
         tags={"stage": "train", "model_size": str(cfg.model.size)},
+        description=(
+            f"Training of a MaskFlow {cfg.model.size} backbone (chunk_size {cfg.chunk_size}, {cfg.method.masking} "
+            f"masking, {cfg.method.scheduler} scheduler) on the token shards {data['shards']} "
+            f"({data['tokenizer_id']}, {data['split']} split); {int(cfg.scaling.num_workers)} Ray Train worker(s)."
+        ),
+        experiment_description="MaskFlow training runs (Ray Train); sampling runs of a checkpoint are nested under its training run.",
     )
-    tracking.log_params(client, run_id, flatten(cfg))
+    resolved = to_container(cfg)
+    resolved["scaling"]["use_gpu"] = use_gpu
+    resolved["run"]["storage_path"] = storage
+    tracking.log_config(client, run_id, resolved)
+    tracking.log_dataset(client, run_id, str(cfg.shards), context="training")
     tracking.set_tags(
         client,
         run_id,
@@ -572,14 +651,16 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                 min_windows=int(cfg.loop.min_steps_per_epoch) * workers * bs, shuffle=str(cfg.loop.shuffle),
             )
     except ValueError as exc:
+        tracking.end_run(client, run_id, status="FAILED")
         raise ConfigError(str(exc)) from None
     if per_epoch < workers * bs:
+        tracking.end_run(client, run_id, status="FAILED")
         raise ConfigError(
             f"{per_epoch} training windows cannot fill one batch on each of {workers} workers "
             f"(batch_size_per_worker={bs}); lower them or add videos"
         )
     unseen = unseen_code_share(str(cfg.shards), data["codebook_size"], train_split=str(cfg.split))
-    tracking.log_metrics(client, run_id, {"unseen_code_share": unseen})
+    tracking.log_metrics(client, run_id, {"unseen_code_share": unseen}, prefix="data/")
     data["unseen_code_share"] = unseen
     if unseen > UNSEEN_CODE_WARNING:
         log.warning(
@@ -598,6 +679,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             f"{storage}/{run_name}/.injected_failure" if cfg.loop.fail_at_step is not None and "://" not in storage else None
         ),
     )
+    progress = console.RemoteProgress("train", total=int(cfg.loop.max_steps), unit="step")
+    loop_config["_progress"] = progress.handle  # rank 0 publishes every report: the console's bar and lines
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -616,15 +699,24 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         result = trainer.fit()
     except Exception:
+        progress.close(ok=False)
         tracking.end_run(client, run_id, status="FAILED")
         raise
+    progress.close()
     if result.error is not None:  # pragma: no cover - fit() raises in V2; kept for safety
         tracking.end_run(client, run_id, status="FAILED")
         raise RuntimeError(f"training failed: {result.error}")
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     tracking.set_tags(client, run_id, {"checkpoint": checkpoint})
+    model_uri = None
+    if checkpoint is not None and cfg.mlflow.get("log_model", True):
+        try:
+            model_uri = log_trained_model(client, run_id, checkpoint, register_as=cfg.mlflow.get("register_model"))
+        except Exception as exc:  # the checkpoint is there; a model that could not be logged is a warning
+            log.warning("could not log the MLflow model of %s: %s", checkpoint, exc)
+            tracking.set_tags(client, run_id, {"log_model_error": f"{type(exc).__name__}: {exc}"[:4000]})
     tracking.end_run(client, run_id)
-    losses = tracking.metric_history(client, run_id, "masked_ce") or tracking.metric_history(client, run_id, "loss")
+    losses = tracking.metric_history(client, run_id, MLFLOW_METRIC_NAMES["masked_ce"])
     summary = {
         "run_name": run_name,
         "checkpoint": checkpoint,
@@ -637,6 +729,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "resumed": resumed,
         "data": data,
         "final_metrics": {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))},
+        "model_uri": model_uri,
     }
     log.info(
         "trained %s: %d steps, loss %.3f -> %.3f, checkpoint %s",
@@ -646,8 +739,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # pragma: no cover - CLI
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from experiments.cli import run
+    import sys
 
-    out = run(main, "train")
+    from experiments.cli import command_line_config, run
+
+    level, words = console.split_verbosity(sys.argv[1:])
+    train_cfg = command_line_config("train", words)  # --help, --cfg; exit code 2 on a config error
+    console.setup(f"{train_cfg.run.storage_path}/{train_cfg.run_name or 'train'}.log", level)
+    out = run(main, "train", train_cfg)
     print({k: v for k, v in out.items() if k != "data"})

@@ -53,7 +53,7 @@ def test_train_checkpoints_and_resumes_exactly(shards):
     assert second["resumed"] and second["mlflow_run_id"] == first["mlflow_run_id"]
     assert s2["step"] == 6 and {int(v["step"]) for v in s2["optimizer"]["state"].values()} == {6}
     client = tracking.get_client()
-    steps = [m.step for m in client.get_metric_history(first["mlflow_run_id"], "loss")]
+    steps = [m.step for m in client.get_metric_history(first["mlflow_run_id"], "train/masked_ce")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6], "a resumed job logs the steps it has not logged yet"
     videos = sorted(a.path for a in client.list_artifacts(first["mlflow_run_id"], "samples"))
     assert videos == ["samples/step_0000004.gif", "samples/step_0000004.mp4", "samples/step_0000006.gif",
@@ -98,10 +98,59 @@ def test_bad_training_configs_are_refused_before_work(shards):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(shards) -> str:
+def trained(shards) -> dict:
     from experiments import train
 
-    return train.main(load_config("train", _train_cfg(shards, "for-sampling")))["checkpoint"]
+    return train.main(load_config("train", _train_cfg(shards, "for-sampling", **{"mlflow.register_model": "t-maskflow"})))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(trained) -> str:
+    return trained["checkpoint"]
+
+
+def test_training_run_is_a_logged_model_with_namespaced_metrics_and_lineage(trained):
+    from experiments import tracking
+
+    client = tracking.get_client()
+    run = client.get_run(trained["mlflow_run_id"])
+    assert trained["model_uri"] == "models:/t-maskflow/1" and run.data.tags["model_uri"] == trained["model_uri"]
+    assert {"train/masked_ce", "train/masked_ce_smoothed", "train/objective", "val/masked_ce", "sample/token_accuracy",
+            "data/unseen_code_share"} <= set(run.data.metrics), sorted(run.data.metrics)
+    assert not {"loss", "step", "epoch", "masked_ce"} & set(run.data.metrics) and run.data.tags["epoch"].isdigit()
+    assert run.data.params["scaling.use_gpu"] == "False"  # resolved from "auto"
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.tags[0].value == "training" and dataset.dataset.digest
+    assert [a.path for a in client.list_artifacts(run.info.run_id) if a.path == "config.yaml"] == ["config.yaml"]
+    steps = sorted(int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(run.info.run_id, "images")
+                   if a.path.endswith(".png"))
+    assert steps == [4], "one [real ; generated] strip per held-out sample step"
+    (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    assert model.name == "model" and model.params["latent_size"] == "4"
+
+
+@pytest.mark.parametrize("which", ["runs", "models"])
+def test_sample_from_mlflow_model_uris_logs_resolved_params_and_frames(trained, tmp_path, which):
+    from experiments import sample, tracking
+
+    uri = f"runs:/{trained['mlflow_run_id']}/model" if which == "runs" else "models:/t-maskflow/1"
+    out = sample.main(load_config("sample", [f"checkpoint={uri}", f"out_dir={tmp_path}", "sampling_steps=2",
+                                             "n_context_frames=2", "extrapolation=2", "num_videos=1",
+                                             f"mlflow.parent_run_id={trained['mlflow_run_id']}"]))
+    assert out["nfe"] == out["expected_nfe"] and out["sampler"]["stride"] == 6
+    run = tracking.get_client().get_run(out["mlflow_run_id"])
+    assert run.data.params["stride"] == "6" and run.data.params["partial_context_level"] != "None"
+    assert run.data.tags["mlflow.parentRunId"] == trained["mlflow_run_id"]
+    assert {"sample/nfe", "sample/token_accuracy", "sample/psnr"} <= set(run.data.metrics), sorted(run.data.metrics)
+    assert any(a.path.endswith(".png") for a in tracking.get_client().list_artifacts(run.info.run_id, "images"))
+
+
+def test_a_missing_mlflow_model_is_named():
+    from experiments.checkpoint import load_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="models:/no-such-model/1"):
+        load_checkpoint("models:/no-such-model/1")
 
 
 def test_sample_keeps_context_and_counts_nfe(checkpoint, tmp_path):
@@ -135,7 +184,7 @@ def test_sweep_records_a_failing_trial_reports_and_resumes(checkpoint, tmp_path)
     assert sorted(runs["status"]) == ["FAILED", "FINISHED"]
     ok = runs[runs["status"] == "FINISHED"].iloc[0]
     assert ok["params.sampler"] == "mgm" and ok["params.sampling_steps"] == "2"
-    assert ok["metrics.nfe"] == ok["metrics.expected_nfe"] == 2 and ok["metrics.psnr"] > 0
+    assert ok["metrics.eval/nfe"] == ok["metrics.eval/expected_nfe"] == 2 and ok["metrics.eval/psnr"] > 0
     text = Path(out["report"]["markdown"]).read_text()
     assert "Table 1 layout" in text and "| mgm | 1 | 2 |" in text
     assert [a.path for a in client.list_artifacts(out["parent_run_id"], "report")] == [
@@ -148,3 +197,67 @@ def test_sweep_records_a_failing_trial_reports_and_resumes(checkpoint, tmp_path)
     children = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
     assert len(children) == 2
+
+
+def test_tokenize_job_has_its_own_run(shards):
+    from experiments import tracking
+
+    client = tracking.get_client()
+    (run,) = tracking.iter_runs(client, "maskflow-tokenize", f"tags.tokenize_shard_dir = '{shards}'")
+    assert run.info.status == "FINISHED" and run.data.params["codebook_size"] == "32"
+    assert run.data.metrics["data/videos_ok"] == 6 and run.data.metrics["data/reconstruction_psnr_db"] > 10
+    assert run.data.metrics["data/eval_videos"] >= 1 and run.inputs.dataset_inputs[0].tags[0].value == "tokenize"
+    assert {"manifest.json", "psnr_segments.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_rerun_sweep_trial_continues_its_child_run(checkpoint, tmp_path):
+    """A trial that Tune runs again after an interruption finishes the child run the interrupted attempt
+    left RUNNING instead of adding a second one."""
+    from experiments import evaluate, tracking
+
+    client = tracking.get_client()
+    parent, _ = tracking.get_or_create_run(client, "t-eval-resume", "sweep")
+    orphan, _ = tracking.get_or_create_run(client, "t-eval-resume", "t000", parent_run_id=parent,
+                                           resume_key=("sweep_trial", f"{parent}/0"))
+    import mlflow
+
+    mlflow.end_run(status="RUNNING")  # the process of the attempt died: the run is left RUNNING
+    tracking._STARTED.discard(orphan)
+    cfg = load_config("evaluate", [f"checkpoint={checkpoint}", f"out_dir={tmp_path}", "sampling_steps=2",
+                                   "extrapolation=1", "num_videos=2", "batch_size=2", "fvd.enabled=false",
+                                   "mlflow.experiment=t-eval-resume"])
+    out = evaluate.main(cfg, parent_run_id=parent, run_name="t000", resume_key=("sweep_trial", f"{parent}/0"))
+    tracking.end_run(client, parent)
+    assert out["mlflow_run_id"] == orphan
+    runs = tracking.iter_runs(client, "t-eval-resume", f"tags.mlflow.parentRunId = '{parent}'")
+    assert [(r.info.run_id, r.info.status) for r in runs] == [(orphan, "FINISHED")]
+    assert runs[0].data.params["stride"] == "6" and runs[0].data.metrics["eval/nfe"] == 2
+
+
+def test_optuna_sweep_on_a_file_uri_storage_path(checkpoint, tmp_path, monkeypatch):
+    """search=optuna draws 2 trials (guidance scale from uniform [0, 2], the objective PSNR) and keeps Tune's
+    state, the trial videos and the report under a file:// URI (not in a local folder named 'file:')."""
+    import mlflow
+
+    from experiments import sweep, tracking
+
+    monkeypatch.chdir(tmp_path)
+    words = [
+        f"checkpoint={checkpoint}", "name=t-optuna", f"storage_path=file://{tmp_path / 'store'}", "search=optuna",
+        "num_samples=2", "metric=psnr", "mode=max", "grid=[{sampler: mgm, sampling_steps: [2]}]", "extrapolation=[1]",
+        "seed=[0]", "axes.guidance_scale={uniform: [0.0, 2.0]}", "max_concurrent_trials=1", "eval.num_videos=2",
+        "eval.batch_size=2", "eval.fvd.enabled=false",
+    ]
+    out = sweep.main(load_config("sweep", words))
+    assert out["trials"] == 2 and not out["errors"] and out["storage"] == f"file://{tmp_path / 'store'}/t-optuna"
+    root = tmp_path / "store" / "t-optuna"
+    assert sorted(p.name for p in (root / "videos").iterdir()) == ["trial_000", "trial_001"]
+    assert all(any((root / "videos" / t).glob("*_grid.gif")) for t in ("trial_000", "trial_001"))
+    assert (root / "report" / "report.md").is_file() and Path(out["report"]["markdown"]).parent == root / "report"
+    assert any(root.glob("experiment_state*.json")) and not any(tmp_path.glob("file*"))
+    parent = tracking.get_client().get_run(out["parent_run_id"])
+    runs = mlflow.search_runs(experiment_ids=[parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    scales = sorted(float(v) for v in runs["params.guidance_scale"])
+    assert list(runs["status"]) == ["FINISHED"] * 2 and 0.0 <= scales[0] < scales[1] <= 2.0
+    assert out["best"]["psnr"] == max(runs["metrics.eval/psnr"]) and 0.0 <= out["best"]["guidance_scale"] <= 2.0

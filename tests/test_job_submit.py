@@ -275,7 +275,7 @@ def test_ray_job_submit_trains_as_the_readme_says(local_head, token_shards, tmp_
     (run,) = mlflow_client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["ray_run_name"] == "submitted"
     assert run.data.tags["checkpoint_location"] == f"{storage}/submitted"
-    assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "loss")] == [2, 4]
+    assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/masked_ce")] == [2, 4]
 
 
 @pytest.mark.ray
