@@ -84,6 +84,9 @@ def log_file() -> Path | None:
 
 
 # ----------------------------------------------------------------------------------- logging
+_TUNE_FILE_ONLY = ("Trial task failed", "Trials did not complete")
+
+
 class _ConsoleFilter(logging.Filter):
     """Quiet console: this project's WARNING+, other libraries' ERROR+, and the status lines."""
 
@@ -92,6 +95,8 @@ class _ConsoleFilter(logging.Filter):
             return True
         if getattr(record, "console", False):
             return True
+        if record.name.startswith("ray.tune") and str(record.msg).startswith(_TUNE_FILE_ONLY):
+            return False  # a failed trial: the sweep warns with the error's last line instead
         own = record.name.split(".", 1)[0] in OWN_PACKAGES
         return record.levelno >= (logging.WARNING if own else logging.ERROR)
 
