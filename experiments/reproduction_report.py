@@ -675,7 +675,8 @@ def print_summary(result: dict[str, Any], paths: dict[str, Path]) -> None:
     """The verdicts and where the report is, on stdout."""
     ev, tm = result["evaluation"], result["timings_s"]
     lines = ["", f"MaskFlow toy reproduction ({result['preset']}) finished in {tm['total_s']:.0f} s: "
-                 f"{ev['ran']} trials run, {ev['skipped']} reused, {len(ev['errors'])} failed"]
+                 f"{ev['ran']} trials run, {ev['skipped']} reused, {len(ev['errors'])} failed "
+                 f"(data {tm['data_s']:.0f} s, training {tm['train_s']:.0f} s, evaluation {tm['evaluate_s']:.0f} s)"]
     for c in sorted(result["verdicts"], key=int):
         v = result["verdicts"][c]
         lines.append(f"  ({c}) {v['verdict']:<18} {v['claim']}")
