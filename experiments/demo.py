@@ -189,6 +189,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "mlflow_tracking_uri": uri,
         "mlflow_run_ids": {"train": trained["mlflow_run_id"], "sample": sampled["mlflow_run_id"]},
         "mlflow_model_uri": trained.get("model_uri"),
+        "mlflow_ui": tracking.ui_link(tracking.get_client(uri), trained["mlflow_run_id"]),
         "sample_video": video0["mp4"],
         "sample_gif": video0["gif"],
         "sample_comparison_gif": video0.get("comparison_gif"),
@@ -241,6 +242,7 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
           if s.get("length_histogram") else []),
         f"  MLflow      {s['mlflow_tracking_uri']}  runs {s['mlflow_run_ids']}",
         f"              open it:  .venv/bin/mlflow ui --backend-store-uri {s['mlflow_tracking_uri']} --port 5000",
+        f"              then {s['mlflow_ui']}  (runs table; the sampling run is nested under the training run)",
         f"  summary     {out / 'summary.json'}",
     ]
     print("\n".join(lines), flush=True)

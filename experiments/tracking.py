@@ -47,6 +47,7 @@ __all__ = [
     "log_figure",
     "log_dataset",
     "node_system_metrics",
+    "ui_link",
 ]
 
 #: Value of the experiment tag ``mlflow.experimentKind`` that makes the MLflow UI open an experiment in
@@ -274,6 +275,20 @@ def end_run(client, run_id: str, status: str = "FINISHED") -> None:
         mlflow.end_run(status=status)
     else:
         client.set_terminated(run_id, status=status)
+
+
+def ui_link(client, run_id: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI address of the runs table holding ``run_id``, in the model-training view.
+
+    MLflow 3.17's UI opens every experiment in its GenAI view (traces) unless the address carries
+    ``workflowType=machine_learning`` or the user has switched the toggle; the experiment tag
+    ``mlflow.experimentKind`` is not consulted by that version, so printed links carry the parameter.
+    An ``http(s)://`` tracking URI is its own UI; ``base`` is used for other stores.
+    """
+    uri = client.tracking_uri
+    root = uri.rstrip("/") if uri.startswith(("http://", "https://")) else base.rstrip("/")
+    exp = client.get_run(run_id).info.experiment_id
+    return f"{root}/#/experiments/{exp}/runs?workflowType=machine_learning"
 
 
 def metric_history(client, run_id: str, key: str) -> list[float]:

@@ -501,10 +501,10 @@ SMOOTHING_DECAY = 0.98
 def mlflow_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """The worker's report under its MLflow names (:data:`MLFLOW_METRIC_NAMES`); ``step``/``epoch`` dropped.
 
-    Raises:
-        KeyError: a metric without an MLflow name (every metric must have a namespace).
+    Figures the objective adds (``StepResult.extras``, e.g. Flowception's ``insertion_loss``) are
+    measured on training batches: ``train/<name>``.
     """
-    return {MLFLOW_METRIC_NAMES[k]: v for k, v in metrics.items() if k not in ("step", "epoch")}
+    return {MLFLOW_METRIC_NAMES.get(k, f"train/{k}"): v for k, v in metrics.items() if k not in ("step", "epoch")}
 
 
 class _Smoothed:

@@ -251,7 +251,9 @@ def test_ray_job_submit_trains_as_the_readme_says(local_head, token_shards, tmp_
 
     client = JobSubmissionClient(local_head.address, headers=local_head.headers)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}})
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    # the submitting side passes the commit: the job's uploaded copy of the code may have no .git
+    runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri, "MASKFLOW_GIT_COMMIT": commit}})
     storage = tmp_path / "ray_results"
     submission_id = f"maskflow-train-{secrets.token_hex(4)}"
     cmd = [str(BIN / "ray"), "job", "submit", "--address", local_head.address, "--submission-id", submission_id,
@@ -275,6 +277,7 @@ def test_ray_job_submit_trains_as_the_readme_says(local_head, token_shards, tmp_
     (run,) = mlflow_client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["ray_run_name"] == "submitted"
     assert run.data.tags["checkpoint_location"] == f"{storage}/submitted"
+    assert run.data.tags["mlflow.source.git.commit"] == commit and run.data.tags["mlflow.source.name"]
     assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/masked_ce")] == [2, 4]
 
 
