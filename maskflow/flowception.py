@@ -173,7 +173,7 @@ def sample_extended_times(
     b, n = real.shape
     dev = real.device
     lengths = real.sum(dim=1)
-    m = torch.as_tensor(n_context, device=dev).expand(b) if not torch.is_tensor(n_context) or n_context.ndim == 0 else n_context.to(dev)
+    m = torch.as_tensor(n_context, device=dev).long().expand(b)  # an int or [B] counts
     if bool((m >= lengths).any()) or bool((m < 0).any()):
         raise ValueError(f"n_context must lie in [0, length - 1] per video; got {m.tolist()} for lengths {lengths.tolist()}")
     index = torch.arange(n, device=dev)[None]  # (1, T)

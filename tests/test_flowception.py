@@ -402,3 +402,28 @@ def test_impossible_settings_are_refused_up_front():
     with pytest.raises(ValueError, match="dynamics=flowception"):
         generate(build_backbone("tiny", codebook_size=K, latent_size=H), ctx, 4,
                  SamplerConfig(sampler="flowception", chunk_size=6, n_context_frames=2))
+
+
+@pytest.mark.parametrize("unmasking", ["fm", "mgm"])
+def test_masked_and_dense_heads_give_the_same_videos(unmasking):
+    """The K-way head only at the tokens a step samples draws the same random numbers as the dense one."""
+    model = _rate_model(bias=0.3)
+    ctx = torch.randint(0, K, (2, 2, H, H), generator=gen(1))
+    cfg = SamplerConfig(sampler="flowception", sampling_steps=4, chunk_size=6, n_context_frames=2, unmasking=unmasking)
+    masked = generate(model, ctx, 6, cfg, generator=gen(5), head="masked")
+    dense = generate(model, ctx, 6, cfg, generator=gen(5), head="dense")
+    assert masked.lengths == dense.lengths and masked.nfe == dense.nfe
+    assert torch.equal(masked.tokens, dense.tokens)
+
+
+def test_insertions_beyond_the_capacity_are_cut_to_fit():
+    from maskflow.sampling.flowception import insert_frames
+
+    state = WindowState(tokens=torch.zeros(3, 2, H, H, dtype=torch.long), age=torch.full((3, 2), 4),
+                        frame_mask=torch.ones(3, 2, dtype=torch.bool), n_context=1)
+    counts = torch.tensor([[3, 2], [0, 1], [0, 0]])
+    new, inserted = insert_frames(state, counts, capacity=4, steps=4, mask_id=K, generator=gen(0))
+    assert inserted.tolist() == [2, 1, 0] and new.lengths.tolist() == [4, 3, 2]
+    assert torch.equal(new.age[1, :3], torch.tensor([4, 4, 0]))  # the frame went right of frame 1
+    assert bool((new.tokens[1, 2] == K).all()) and not bool((new.tokens[1, :2] == K).any())
+    assert not new.frame_mask[2, 2:].any() and int(new.age[0].eq(0).sum()) == 2

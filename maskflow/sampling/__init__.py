@@ -11,7 +11,8 @@ Public API (what the entry points use)::
 Modules: ``config`` (settings), ``chunkwise`` (Algorithm 2, the one chunk loop), ``mgm``
 (Algorithm 4), ``fm`` (Algorithm 3), ``guidance`` (time conditioning, partial context guidance, NFE
 counting, the ``K``-way head only at the tokens a sampler draws), ``baselines`` (Diffusion Forcing pyramid, Rolling Diffusion), ``unmasking`` (MGM schedules),
-``categorical`` (seeded token sampling), ``nfe`` (A.2 formulas), ``result`` (result dataclasses).
+``categorical`` (seeded token sampling), ``nfe`` (A.2 formulas), ``result`` (result dataclasses),
+``flowception`` (frame insertion, supplementary Algorithms 1 and 3; ``sampler='flowception'``).
 """
 
 from maskflow.sampling.api import generate

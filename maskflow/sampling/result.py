@@ -14,7 +14,8 @@ class ChunkInfo:
     """One chunk of chunkwise sampling, or one phase of Rolling Diffusion.
 
     Attributes:
-        kind: ``'chunk'`` (MGM, FM, Diffusion Forcing) or ``'init'`` / ``'shift'`` / ``'final'`` (Rolling).
+        kind: ``'chunk'`` (MGM, FM, Diffusion Forcing), ``'init'`` / ``'shift'`` / ``'final'`` (Rolling) or
+            ``'window'`` (Flowception; ``n_new`` is then the mean over the window's videos).
         start: index of the window's first frame in the video.
         n_context: clean context frames at the start of the window.
         n_new: frames this chunk/phase completed.
