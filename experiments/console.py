@@ -328,6 +328,7 @@ def format_duration(seconds: float | None) -> str:
 _METRIC_LABELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("loss", ("loss", "train/loss"), ".3f"),
     ("acc", ("masked_accuracy", "train/masked_accuracy"), ".3f"),
+    ("token acc", ("token_accuracy",), ".3f"),
     ("val acc", ("val_masked_accuracy", "val/masked_accuracy"), ".3f"),
     ("held-out acc", ("heldout_token_accuracy", "heldout/token_accuracy"), ".3f"),
     ("copy-last", ("copy_last_frame_token_accuracy", "heldout/copy_last_frame_token_accuracy"), ".3f"),
