@@ -6,7 +6,8 @@
 
 N held-out videos (the shards' ``eval`` split, seeded windows), ``m`` real context frames from a random
 position of each, ``L = extrapolation × chunk_size`` generated frames, compared with the real
-``L``-frame windows (as VQ reconstructions, like the authors). Logs to one MLflow run: the settings,
+``L``-frame windows (as VQ reconstructions, like the authors). Logs to one MLflow run (metrics under
+``eval/``, the first clip's ``[real ; generated]`` frames as the image ``sample/real_vs_generated``): the resolved settings,
 NFE (counted) and the A.2 formula's value, wall time, frames/s, FVD with its N (``fvd_n``) and feature
 network (tag ``fvd_feature_network``; by default the bundled Kinetics-400 I3D, see ``docs/metrics.md``),
 per-frame PSNR/SSIM and generated-token accuracy of the continuation next to the copy-last-frame

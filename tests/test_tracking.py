@@ -121,3 +121,26 @@ def test_node_system_metrics_log_under_the_node_id_and_leave_the_run_to_the_driv
     assert run.info.status == "RUNNING"
     keys = [k for k in run.data.metrics if k.startswith("system/node0/")]
     assert "system/node0/cpu_utilization_percentage" in keys, sorted(run.data.metrics)
+
+
+def test_ui_link_opens_the_runs_table_in_the_training_view(mlflow_uri):
+    client = tracking.get_client(mlflow_uri)
+    run_id, _ = tracking.get_or_create_run(client, "t-link", "r")
+    tracking.end_run(client, run_id)
+    exp = client.get_run(run_id).info.experiment_id
+    assert tracking.ui_link(client, run_id) == f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning"
+
+
+def test_sweep_report_figures_answer_quality_against_nfe_stride_and_guidance(tmp_path):
+    import pandas as pd
+
+    from experiments.report import FIGURES, plot_quality
+
+    rows = [{"sampler": s, "nfe": n, "stride": st, "guidance_scale": w, "psnr": 20 + n / 10 - st + w, "fvd": float("nan"),
+             "status": "FINISHED", "num_videos": 4, "run_id": f"{s}{n}{st}{w}"}
+            for s, n in (("mgm", 20), ("mgm", 40), ("fm", 250)) for st in (1, 6) for w in (0.0, 1.5)]
+    df = pd.DataFrame(rows)
+    for x, (_, _, name) in FIGURES.items():
+        path = plot_quality(df, x, tmp_path / name)
+        assert path is not None and path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
+    assert plot_quality(df[df["stride"] == 1], "stride", tmp_path / "one.png") is None  # one value: nothing to compare
