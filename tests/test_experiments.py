@@ -189,6 +189,9 @@ def test_sweep_records_a_failing_trial_reports_and_resumes(checkpoint, tmp_path)
     assert "Table 1 layout" in text and "| mgm | 1 | 2 |" in text
     assert [a.path for a in client.list_artifacts(out["parent_run_id"], "report")] == [
         "report/quality_vs_nfe.png", "report/report.md"]
+    assert [row["status"] for row in out["trials_table"]] == ["FINISHED", "FAILED"]
+    assert out["trials_table"][0]["nfe"] == 2 and out["trials_table"][0]["sample_video"].endswith(".gif")
+    assert "trials.json" in {a.path for a in client.list_artifacts(out["parent_run_id"])}
 
     # the same command again restores the Tune experiment: finished (and failed) trials are not rerun,
     # the MLflow parent run is reused and no child run is added
