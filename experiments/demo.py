@@ -45,6 +45,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     console.setup(out / "demo.log", level=None)  # the level (-v) was chosen by the command line
     console.status("MaskFlow demo → %s (full log: %s)", out, console.log_file())
     uri = tracking.resolve_tracking_uri(None, workdir=out)
+    tracking.ensure_experiment(tracking.get_client(uri), "maskflow-demo",
+                               "The MaskFlow demo: the tokenize run, the training run and, nested under it, its "
+                               "sampling run. Compare sample frames in the chart view (image sample/real_vs_generated).")
     console.init_ray()
     timings: dict[str, float] = {}
 

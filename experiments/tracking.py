@@ -377,6 +377,7 @@ def shard_dataset(shards: str, manifest: Mapping[str, Any] | None = None):
     """
     import hashlib
     import json
+    import warnings
 
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
@@ -390,7 +391,10 @@ def shard_dataset(shards: str, manifest: Mapping[str, Any] | None = None):
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
     source_uri = shards if "://" in shards else Path(shards).resolve().as_uri()
     name = f"{Path(shards.rstrip('/')).name} ({(manifest.get('tokenizer') or {}).get('tokenizer_id', '?')})"
-    return MetaDataset(resolve_dataset_source(source_uri), name=name, digest=digest)
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local sources, the same class
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(source_uri)
+    return MetaDataset(source, name=name, digest=digest)
 
 
 def log_dataset(client, run_id: str, shards: str, context: str, manifest: Mapping[str, Any] | None = None) -> None:
