@@ -48,6 +48,7 @@ __all__ = [
     "log_dataset",
     "node_system_metrics",
     "ui_link",
+    "set_runs_table_view",
 ]
 
 #: Value of the experiment tag ``mlflow.experimentKind`` that makes the MLflow UI open an experiment in
@@ -277,8 +278,35 @@ def end_run(client, run_id: str, status: str = "FINISHED") -> None:
         client.set_terminated(run_id, status=status)
 
 
+#: Columns of the runs table in the view :func:`ui_link` opens (besides run name, start time and
+#: duration; the Dataset and Source columns, wide, are on each run's page).
+RUNS_TABLE_COLUMNS = (
+    "attributes.`Models`",
+    "metrics.`train/masked_ce`", "metrics.`val/masked_ce`", "metrics.`sample/token_accuracy`",
+    "metrics.`sample/copy_last_frame_token_accuracy`", "metrics.`sample/nfe`",
+    "params.`model.size`", "params.`sampler`", "params.`sampling_steps`", "params.`stride`",
+)
+_VIEW_KEY = "maskflow-runs"
+
+
+def set_runs_table_view(client, experiment_id: str, columns: Iterable[str] = RUNS_TABLE_COLUMNS) -> str:
+    """Store a runs-table view with the project's key metrics and params as columns on the experiment;
+    returns its key (the ``viewStateShareKey`` of :func:`ui_link`).
+
+    MLflow's UI keeps a shared view as the experiment tag ``mlflow.sharedViewState.<key>`` holding the
+    table state as JSON; ``selectedColumns`` names columns ``metrics.`name```, ``params.`name``` or
+    ``attributes.`Source|Models|Dataset```. The default table shows no metric or param column.
+    """
+    import json
+
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{_VIEW_KEY}",
+                              json.dumps({"selectedColumns": list(columns)}))
+    return _VIEW_KEY
+
+
 def ui_link(client, run_id: str, base: str = "http://127.0.0.1:5000") -> str:
-    """The MLflow UI address of the runs table holding ``run_id``, in the model-training view.
+    """The MLflow UI address of the runs table holding ``run_id``, in the model-training view, with the
+    key metrics and params as columns (:func:`set_runs_table_view`).
 
     MLflow 3.17's UI opens every experiment in its GenAI view (traces) unless the address carries
     ``workflowType=machine_learning`` or the user has switched the toggle; the experiment tag
@@ -288,7 +316,8 @@ def ui_link(client, run_id: str, base: str = "http://127.0.0.1:5000") -> str:
     uri = client.tracking_uri
     root = uri.rstrip("/") if uri.startswith(("http://", "https://")) else base.rstrip("/")
     exp = client.get_run(run_id).info.experiment_id
-    return f"{root}/#/experiments/{exp}/runs?workflowType=machine_learning"
+    key = set_runs_table_view(client, exp)
+    return f"{root}/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey={key}"
 
 
 def metric_history(client, run_id: str, key: str) -> list[float]:

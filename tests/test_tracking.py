@@ -124,11 +124,16 @@ def test_node_system_metrics_log_under_the_node_id_and_leave_the_run_to_the_driv
 
 
 def test_ui_link_opens_the_runs_table_in_the_training_view(mlflow_uri):
+    import json
+
     client = tracking.get_client(mlflow_uri)
     run_id, _ = tracking.get_or_create_run(client, "t-link", "r")
     tracking.end_run(client, run_id)
     exp = client.get_run(run_id).info.experiment_id
-    assert tracking.ui_link(client, run_id) == f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning"
+    link = tracking.ui_link(client, run_id)
+    assert link == f"http://127.0.0.1:5000/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey=maskflow-runs"
+    view = json.loads(client.get_experiment(exp).tags["mlflow.sharedViewState.maskflow-runs"])
+    assert "metrics.`train/masked_ce`" in view["selectedColumns"] and "params.`stride`" in view["selectedColumns"]
 
 
 def test_sweep_report_figures_answer_quality_against_nfe_stride_and_guidance(tmp_path):
