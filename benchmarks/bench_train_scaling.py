@@ -127,7 +127,7 @@ def main(argv: list[str]) -> None:
             ])  # fmt: skip
             out = train.main(cfg)
             client = tracking.get_client(out["tracking_uri"])
-            history = tracking.metric_history(client, out["mlflow_run_id"], "tokens_per_s")
+            history = tracking.metric_history(client, out["mlflow_run_id"], "train/tokens_per_s")
             rates[workers].append(float(np.mean(history[1:] or history)))  # log windows after the first
             data = out["data"]
     cpus = float(ray.cluster_resources().get("CPU", 0))
