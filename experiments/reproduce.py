@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -500,7 +501,7 @@ def main(cfg: DictConfig, argv: Sequence[str] | None = None) -> dict[str, Any]:
     timings["strip_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
-    command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m experiments.reproduce " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = reproduction_report.build(
         cfg=to_container(cfg), data=data, models=models, grid=grid, timings=timings, machine=_machine(),
         command=command.strip(), tracking_uri=uri,
