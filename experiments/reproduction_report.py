@@ -330,6 +330,11 @@ def _quality_cells(a: dict | None, with_copy: bool = True) -> list[str]:
     return cells
 
 
+def _val_accuracy(model: dict[str, Any]) -> float | None:
+    final = model.get("final_metrics") or {}
+    return final.get("val_masked_accuracy", final.get("val/masked_accuracy"))
+
+
 QUALITY_HEAD = ["FVD ↓", "N", "token acc. ↑", "copy-last acc.", "PSNR dB ↑", "copy-last PSNR", "SSIM ↑"]
 
 
@@ -380,7 +385,7 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"{t['max_context_frames']} clean leading frames): "
           + "; ".join(f"`{n}` = {x['masking']} masking, time {x['time_conditioning']} (final masked CE "
                       f"{_f(x.get('final_loss'), 3)}, validation masked accuracy "
-                      f"{_f((x.get('final_metrics') or {}).get('val_masked_accuracy'), 3)})" for n, x in result["models"].items()) + ".",
+                      f"{_f(_val_accuracy(x), 3)})" for n, x in result["models"].items()) + ".",
           f"- **Evaluation** (Ray Tune, MLflow parent run `{ev['parent_run_id']}` with one child run per trial): "
           f"{ev['num_grid']} trials = the pruned grid of `experiments/configs/reproduce.yaml` × seeds {seeds}; each "
           f"trial continues N = {cfg['eval']['num_videos']} held-out clips from m = {m} real frames to L = extrapolation × k "
