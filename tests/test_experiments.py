@@ -264,3 +264,20 @@ def test_optuna_sweep_on_a_file_uri_storage_path(checkpoint, tmp_path, monkeypat
     scales = sorted(float(v) for v in runs["params.guidance_scale"])
     assert list(runs["status"]) == ["FINISHED"] * 2 and 0.0 <= scales[0] < scales[1] <= 2.0
     assert out["best"]["psnr"] == max(runs["metrics.eval/psnr"]) and 0.0 <= out["best"]["guidance_scale"] <= 2.0
+
+
+def test_readme_python_example_runs(checkpoint, tmp_path):
+    """The README's "From Python" block, run as written on a trained checkpoint."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## From Python") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert '"outputs/demo/ray_results/demo"' in code and '"continuation.mp4"' in code
+    code = code.replace('"outputs/demo/ray_results/demo"', repr(str(checkpoint)))
+    code = code.replace('"continuation.mp4"', repr(str(tmp_path / "continuation.mp4")))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert result.tokens.shape[1] == 16 and (tmp_path / "continuation.mp4").stat().st_size > 0
+    assert torch.equal(result.tokens[0, :2], namespace["context"][0])
