@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +86,7 @@ def _build_store(root: Path) -> dict[str, str]:
         tracking.end_run(client, run_id)
         ids[name], ids[f"sample-{name}"] = run_id, sample_id
     ids["experiment"] = client.get_experiment_by_name("ui-test").experiment_id
+    ids["link"] = tracking.ui_link(client, ids["train-a"], base="")  # what the demo prints, without host
     return ids
 
 
@@ -108,7 +110,7 @@ def ui(tmp_path_factory):
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,9 +127,13 @@ def ui(tmp_path_factory):
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             yield base, ids, browser
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    finally:  # the server and its uvicorn worker: the process group started above
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
 
 
 def _url(base: str, ids: dict[str, str], path: str, **query: str) -> str:
@@ -156,14 +162,19 @@ def _expand_nested_runs(page) -> None:
 
 def test_experiment_opens_on_its_runs_table_with_the_nested_sampling_run(ui, page, tmp_path):
     base, ids, _ = ui
-    page.goto(_url(base, ids, "/runs"))
+    page.set_viewport_size({"width": 2400, "height": 1100})  # the grid renders only the columns in view
+    page.goto(base + ids["link"])
     page.get_by_text("train-b", exact=True).first.wait_for()
     assert page.get_by_text("runs made by tests/test_mlflow_ui.py").count() >= 1  # the experiment's description
     assert page.get_by_text("mgm-s6-train-a", exact=True).count() == 0  # nested: collapsed under its parent
     _expand_nested_runs(page)
     page.get_by_text("mgm-s6-train-a", exact=True).first.wait_for()
-    page.get_by_text("tokens", exact=False).first.wait_for()  # the Dataset column: the token shards
     page.screenshot(path=str(tmp_path / "runs_table.png"))
+    headers = set(page.locator("[role=columnheader]").all_inner_texts())
+    assert {"train/masked_ce", "sample/token_accuracy", "stride", "Models"} <= headers, headers  # the link's view
+    index = page.locator("[role=row]", has_text="mgm-s6-train-a").first.get_attribute("aria-rowindex")
+    cells = "\n".join(page.locator(f"[role=row][aria-rowindex='{index}']").all_inner_texts()).split("\n")
+    assert "6" in cells and "0.8" in cells, cells  # the nested run's stride and token accuracy (pinned + scrolled parts)
     rows = page.locator("[role=row]").all_inner_texts()
     order = [n for r in rows for n in ("mgm-s6-train-a", "train-a") if n in r.split("\n")]
     assert order.index("train-a") < order.index("mgm-s6-train-a"), rows
