@@ -20,6 +20,7 @@ Every loader here also takes ``runs:/<run_id>/model`` and ``models:/<name>/<vers
 from __future__ import annotations
 
 import io
+import pickle
 import logging
 import posixpath
 from pathlib import Path
@@ -119,14 +120,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: no checkpoint at ``path``.
+        ValueError: the file is not a checkpoint of this project (not a torch file, or no ``backbone_config``).
     """
     from pipeline.fs import read_bytes, resolve
 
     loc = resolve(checkpoint_file(path))
-    if loc.is_local:
-        return torch.load(loc.path, map_location=map_location, weights_only=True)
-    log.info("reading checkpoint %s", loc.uri())
-    return torch.load(io.BytesIO(read_bytes(loc)), map_location=map_location, weights_only=True)
+    if not loc.is_local:
+        log.info("reading checkpoint %s", loc.uri())
+    try:
+        source = loc.path if loc.is_local else io.BytesIO(read_bytes(loc))
+        state = torch.load(source, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(
+            f"{loc.uri()} is not a checkpoint of this project ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "give a checkpoint.pt, a checkpoint_* directory, a run directory, or a runs:/ or models:/ URI"
+        ) from exc
+    if not isinstance(state, dict) or "backbone_config" not in state:
+        raise ValueError(f"{loc.uri()} is not a checkpoint of this project (no 'backbone_config' entry)")
+    return state
 
 
 def load_backbone(path: str | Path, *, use_ema: bool = True, device: str | torch.device = "cpu"):

@@ -82,3 +82,12 @@ def test_missing_checkpoints_are_named(tmp_path, run_dir):
         load_checkpoint(empty)
     with pytest.raises(ValueError, match="cannot open"):
         load_checkpoint("nosuchscheme://bucket/run")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_manager_snapshot.json is not a checkpoint of this project"):
+        load_checkpoint(run_dir / "checkpoint_manager_snapshot.json")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="no 'backbone_config'"):
+        load_checkpoint(other)
