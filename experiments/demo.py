@@ -214,6 +214,15 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) and value == value else "n/a"
 
 
+def _frames(counts: Any) -> str:
+    """``16`` for one length or equal lengths, ``4-8 (mean 6.2)`` for Flowception's generated lengths."""
+    if not isinstance(counts, (list, tuple)):
+        return str(counts)
+    if len(set(counts)) == 1:
+        return str(counts[0])
+    return f"{min(counts)}-{max(counts)} (mean {sum(counts) / len(counts):.1f})"
+
+
 def _print_summary(s: dict[str, Any], out: Path) -> None:
     q = s["quality"]
     lines = [
@@ -239,7 +248,7 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"                PSNR            {_fmt(q['psnr_db'], '.2f')}  vs  {_fmt(q['copy_last_frame_psnr_db'], '.2f')} dB",
         f"                FVD             {_fmt(q['fvd'], '.1f')} (N = {q['fvd_n'] or 'n/a'})",
         f"                held-out tokens with codes unseen in training: {_fmt(q['unseen_code_share'], '.3f')}",
-        f"  sample      {s['sample_comparison_gif'] or s['sample_gif']}  ({s['sample_frames']} frames, NFE {s['sample_nfe']}, "
+        f"  sample      {s['sample_comparison_gif'] or s['sample_gif']}  ({_frames(s['sample_frames'])} frames, NFE {s['sample_nfe']}, "
         f"context frames exact: {s['context_frames_exact']})",
         *([f"  lengths     generated {s['length_histogram']['generated']}  real {s['length_histogram']['real']}"]
           if s.get("length_histogram") else []),
