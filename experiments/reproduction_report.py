@@ -523,6 +523,14 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------ plots
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close a figure; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path)
+    _plt().close(fig)
+    return path
+
+
 def _plt():
     import matplotlib
 
@@ -561,10 +569,7 @@ def plot_quality_vs_extrapolation(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
     axes[1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_quality_vs_nfe(result: dict[str, Any], path: Path) -> Path:
@@ -590,10 +595,7 @@ def plot_quality_vs_nfe(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_rollout_decay(result: dict[str, Any], path: Path) -> Path:
@@ -618,10 +620,7 @@ def plot_rollout_decay(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_strip(strips: dict[int, dict[str, np.ndarray]], m: int, k: int, path: Path, max_columns: int = 16) -> Path | None:
