@@ -26,24 +26,20 @@ def test_verbosity_words_are_taken_out_of_the_overrides():
         console.split_verbosity(["log_level=loud"])
 
 
-@pytest.fixture
-def log_file(tmp_path, capsys):  # capsys first: the console handler binds the captured stderr
-    """``console.setup`` on a log file in ``tmp_path``; its handlers are removed afterwards."""
-    yield console.setup(tmp_path / "console.log")
-    for h in list(logging.getLogger().handlers):
-        if h in console._state["handlers"]:
-            logging.getLogger().removeHandler(h)
-    console._state["handlers"] = []
-
-
-def test_progress_prints_a_line_every_tenth_with_metrics_and_eta(log_file, capsys):
-    path = log_file
-    with console.Progress("train", total=50, unit="step") as bar:
-        for step in range(1, 51):
-            bar.update(step, {"loss": 1.0 / step, "masked_accuracy": 0.5, "unrelated": 3})
-    logging.getLogger("experiments.x").info("an info line: log file only")
-    logging.getLogger("experiments.x").warning("a warning: console too")
-    logging.getLogger("ray.data").warning("a library warning: log file only")
+def test_progress_prints_a_line_every_tenth_with_metrics_and_eta(tmp_path, capsys):
+    path = console.setup(tmp_path / "p.log")
+    try:
+        with console.Progress("train", total=50, unit="step") as bar:
+            for step in range(1, 51):
+                bar.update(step, {"loss": 1.0 / step, "masked_accuracy": 0.5, "unrelated": 3})
+        logging.getLogger("experiments.x").info("an info line: log file only")
+        logging.getLogger("experiments.x").warning("a warning: console too")
+        logging.getLogger("ray.data").warning("a library warning: log file only")
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if h in console._state["handlers"]:
+                logging.getLogger().removeHandler(h)
+        console._state["handlers"] = []
     err = capsys.readouterr().err.splitlines()
     lines = [ln for ln in err if ln.startswith("train")]
     assert len(lines) == 10  # 10 %, 20 %, … 90 % and the final "done in" line
@@ -55,17 +51,23 @@ def test_progress_prints_a_line_every_tenth_with_metrics_and_eta(log_file, capsy
     assert "an info line: log file only" in text and "a library warning: log file only" in text
 
 
-def test_worker_output_goes_to_the_log_file_and_only_errors_and_own_warnings_to_the_console(log_file, capsys):
-    path = log_file
-    console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker", "lines": [
-        "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'loss': 1.0})",
-        "Traceback (most recent call last):",
-        "2026-12-03 10:00:00,000\tWARNING train.py:9 -- held-out continuations failed name=experiments.train job_id=01",
-        "2026-12-03 10:00:00,000\tWARNING context.py:9 -- a Ray warning name=ray.data job_id=01",
-        "2026-12-03 10:00:00,000\tERROR worker.py:9 -- something broke name=ray.train job_id=01",
-    ]})
-    console._worker_lines({"pid": "raylet", "lines": ["WARNING: 8 PYTHON worker processes have been started"]})
-    console._worker_lines({"pid": "raylet", "lines": ["A worker died or was killed while executing a task"]})
+def test_worker_output_goes_to_the_log_file_and_only_errors_and_own_warnings_to_the_console(tmp_path, capsys):
+    path = console.setup(tmp_path / "w.log")
+    try:
+        console._worker_lines({"pid": 7, "actor_name": "RayTrainWorker", "lines": [
+            "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'loss': 1.0})",
+            "Traceback (most recent call last):",
+            "2026-12-03 10:00:00,000\tWARNING train.py:9 -- held-out continuations failed name=experiments.train job_id=01",
+            "2026-12-03 10:00:00,000\tWARNING context.py:9 -- a Ray warning name=ray.data job_id=01",
+            "2026-12-03 10:00:00,000\tERROR worker.py:9 -- something broke name=ray.train job_id=01",
+        ]})
+        console._worker_lines({"pid": "raylet", "lines": ["WARNING: 8 PYTHON worker processes have been started"]})
+        console._worker_lines({"pid": "raylet", "lines": ["A worker died or was killed while executing a task"]})
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if h in console._state["handlers"]:
+                logging.getLogger().removeHandler(h)
+        console._state["handlers"] = []
     err = capsys.readouterr().err.splitlines()
     assert err == ["(RayTrainWorker pid=7) WARNING held-out continuations failed",
                    "(RayTrainWorker pid=7) ERROR something broke",
