@@ -14,6 +14,21 @@ per-frame PSNR/SSIM and generated-token accuracy of the continuation next to the
 baseline on the same clips, a temporal-consistency ratio, and a grid of
 ``[real | generated]`` sample videos. When ``L`` is below I3D's minimum of 9 frames, FVD is ``nan``
 with the reason in the log, the tag ``fvd_skipped`` and the metrics JSON.
+
+``sampler=flowception`` (a checkpoint trained with ``dynamics=flowception``; docs/flowception.md) generates
+each video's length, at most ``L``. The ground truth is then N whole held-out videos from their first
+frame (:func:`experiments.heldout.whole_video_clips`; a video longer than ``L`` gives its first ``L``
+frames), the context their first ``m`` frames. PSNR/SSIM, token accuracy and the copy-last-frame
+baseline compare each generated video with its real one over the frames both have (frames ``m … n_i − 1``,
+``n_i`` the shorter of the two lengths; :func:`experiments.heldout.variable_length_quality`); FVD embeds
+every video at its own length (one I3D feature per clip, so real and generated clips need not be equally
+long) and leaves out the clips shorter than I3D's 9 frames (``fvd_n`` / ``fvd_num_real`` count the clips
+used); the generated lengths are reported as ``sample_frames`` and ``length_histogram`` (generated against
+the real lengths of the shards' videos, capped at ``L``), with ``length_tv``, their total-variation
+distance (0 = the same distribution), ``mean_frames`` and ``real_mean_frames``. The NFE is counted; the
+formula's value (``expected_nfe``) is its expectation for windows that fill up.
+
+    python -m experiments.evaluate checkpoint=DIR sampler=flowception extrapolation=1 sampling_steps=10 insertion=poisson
 """
 
 from __future__ import annotations
@@ -33,16 +48,19 @@ log = logging.getLogger("experiments.evaluate")
 __all__ = ["main", "fvd_extractor_from_config"]
 
 
-def _real_stats_key(shards: str, tokenizer_id: str, resolution: int, num_frames: int, network: str, clips) -> str:
+def _real_stats_key(shards: str, tokenizer_id: str, resolution: int, num_frames: int, network: str, clips,
+                    whole_videos: bool = False) -> str:
     import hashlib
 
     ids = hashlib.sha1("|".join(f"{c.video_id}:{c.segment}:{c.frame_start}" for c in clips).encode()).hexdigest()[:10]
     name = Path(shards.rstrip("/")).name
     tok = tokenizer_id.replace(":", "-")  # real clips are VQ reconstructions: the tokenizer is part of the key
-    return f"{name}-{tok}-{resolution}px-{num_frames}f-{network.replace(':', '-')}-n{len(clips)}-{ids}"
+    frames = f"le{num_frames}f-whole" if whole_videos else f"{num_frames}f"  # whole videos: each at its own length
+    return f"{name}-{tok}-{resolution}px-{frames}-{network.replace(':', '-')}-n{len(clips)}-{ids}"
 
 
 _FVD_OFF_WORDS = ("none", "off", "false", "no", "")
+_PER_VIDEO_LISTS = ("sample_frames", "real_clip_frames")  # Flowception's lengths: one value per video, not per frame
 
 
 def fvd_extractor_from_config(fvd_cfg: Any, device: Any = "cpu"):
@@ -81,6 +99,119 @@ def fvd_extractor_from_config(fvd_cfg: Any, device: Any = "cpu"):
     return extractor, extractor.name
 
 
+def _check_rate_head(model, scfg, checkpoint: Any) -> None:
+    """Refuse ``sampler=flowception`` on a backbone without a rate head, before any work.
+
+    Raises:
+        ConfigError: naming the checkpoint and what to do.
+    """
+    from maskflow.training import unwrap_model
+
+    if scfg.sampler == "flowception" and not getattr(unwrap_model(model), "has_rate_head", False):
+        raise ConfigError(
+            f"sampler=flowception needs a checkpoint trained with dynamics=flowception (a backbone with a rate head); "
+            f"{checkpoint} has none (a MaskFlow checkpoint): evaluate it with sampler=mgm|fm|diffusion_forcing|rolling, "
+            "or train with dynamics=flowception")
+
+
+def _flowception_continuations(model, tokenizer, clips, scfg, num_frames: int, *, seed: int, batch_size: int,
+                               progress=None) -> dict[str, Any]:
+    """Flowception continuations of whole held-out videos (batch ``i`` seeded ``seed + i``, as
+    :func:`experiments.heldout.heldout_quality`).
+
+    Returns:
+        ``{"real_tokens", "fake_tokens"}`` (one int64 ``[T_i, h, w]`` per video), ``{"real_frames",
+        "fake_frames"}`` (uint8 ``[T_i, H, W, 3]``; real = VQ reconstructions), ``lengths`` (generated
+        frames per video, context included), ``nfe`` (the largest batch's count) and ``wall_time_s``.
+    """
+    import time
+
+    import torch
+
+    from experiments.heldout import generate_videos
+
+    m = scfg.n_context_frames
+    real_tokens = [c.tokens.long() for c in clips]
+    fake_tokens, fake_frames, lengths, nfe = [], [], [], 0
+    bs = max(1, int(batch_size))
+    t0 = time.perf_counter()
+    for i in range(0, len(clips), bs):
+        context = torch.stack([t[:m] for t in real_tokens[i : i + bs]])
+        result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=seed + i)
+        for row, n in enumerate(result.lengths):
+            fake_tokens.append(result.tokens[row, :n].cpu())
+            fake_frames.append(frames[row, :n])
+            lengths.append(int(n))
+        nfe = max(nfe, int(result.nfe))
+        if progress is not None:
+            progress(min(i + bs, len(clips)), len(clips))
+    wall = time.perf_counter() - t0
+    with torch.inference_mode():
+        decoded = tokenizer.decode(torch.cat(real_tokens))
+    real_frames = list(torch.split(decoded, [len(t) for t in real_tokens]))
+    return {"real_tokens": real_tokens, "fake_tokens": fake_tokens, "real_frames": real_frames,
+            "fake_frames": fake_frames, "lengths": lengths, "nfe": nfe, "wall_time_s": wall}
+
+
+def _pad_videos(videos: list, num_frames: int):
+    """uint8 ``[N, num_frames, H, W, 3]``: each video followed by black frames after its end (for the
+    sample grid and the frame strip of videos of different lengths)."""
+    import torch
+
+    out = torch.zeros((len(videos), num_frames, *videos[0].shape[1:]), dtype=torch.uint8)
+    for i, v in enumerate(videos):
+        out[i, : min(len(v), num_frames)] = v[:num_frames]
+    return out
+
+
+def _features_at_own_length(extractor, videos: list) -> np.ndarray:
+    """One feature per video, each embedded at its own length (videos of equal length batched together).
+
+    Returns:
+        float64 ``[N, D]`` in the order of ``videos``.
+    """
+    from collections import defaultdict
+
+    import torch
+
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, v in enumerate(videos):
+        by_length[len(v)].append(i)
+    feats: list[Any] = [None] * len(videos)
+    for idx in by_length.values():
+        for i, f in zip(idx, extractor(torch.stack([videos[i] for i in idx]))):
+            feats[i] = f
+    return np.stack(feats)
+
+
+def _variable_length_fvd(real: list, fake: list, extractor, cache_dir: str, key: str) -> dict[str, Any]:
+    """FVD between videos of different lengths (Flowception): every clip of at least I3D's minimum length
+    embedded at its own length; shorter clips are left out and counted.
+
+    Returns:
+        ``fvd``, ``fvd_n`` (= ``fvd_num_videos``, generated clips used), ``fvd_num_real`` (real clips used),
+        ``fvd_short_videos`` (generated clips left out) and, when fewer than 2 clips of either side are
+        long enough, ``fvd = nan`` with ``fvd_skipped`` saying why.
+    """
+    from maskflow.metrics import MIN_FRAMES, GaussianStats, RealStatsCache
+    from maskflow.metrics.frechet import frechet_distance
+
+    real_ok, fake_ok = [v for v in real if len(v) >= MIN_FRAMES], [v for v in fake if len(v) >= MIN_FRAMES]
+    out: dict[str, Any] = {"fvd_n": len(fake_ok), "fvd_num_videos": len(fake_ok), "fvd_num_real": len(real_ok),
+                           "fvd_short_videos": len(fake) - len(fake_ok)}
+    if len(real_ok) < 2 or len(fake_ok) < 2:
+        out.update(fvd=float("nan"), fvd_skipped=(
+            f"FVD needs at least 2 real and 2 generated videos of >= {MIN_FRAMES} frames (I3D's minimum), got "
+            f"{len(real_ok)} real and {len(fake_ok)} generated"))
+        log.warning("no FVD: %s; fvd = nan", out["fvd_skipped"])
+        return out
+    real_stats = RealStatsCache(cache_dir).get_or_compute(
+        f"{key}-min{MIN_FRAMES}", lambda: GaussianStats.from_features(_features_at_own_length(extractor, real_ok)))
+    fake_stats = GaussianStats.from_features(_features_at_own_length(extractor, fake_ok))
+    out["fvd"] = frechet_distance(real_stats.mu, real_stats.sigma, fake_stats.mu, fake_stats.sigma)
+    return out
+
+
 def main(
     cfg: DictConfig,
     *,
@@ -106,7 +237,8 @@ def main(
         ConfigError: a missing checkpoint, a codebook mismatch, or a sampler setting out of range.
     """
     from experiments import console, tracking
-    from experiments.heldout import heldout_quality
+    from experiments import flowception as flowception_stack
+    from experiments.heldout import heldout_quality, variable_length_quality, whole_video_clips
     from experiments.sample import load_for_sampling, resolved_sampler_settings, sampler_config
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.metrics import MIN_FRAMES, compute_fvd, video_quality_metrics
@@ -120,11 +252,15 @@ def main(
     scfg = sampler_config(cfg, k, train_cfg["method"]["scheduler"])
     scfg.validate(num_frames)
     m = scfg.n_context_frames
+    flowception = scfg.sampler == "flowception"  # the model chooses each video's length (at most L)
+    _check_rate_head(model, scfg, cfg.checkpoint)
     extractor, fvd_network = fvd_extractor_from_config(cfg.fvd, device)  # refused here, before any work
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.get_client(uri)
-    name = run_name or f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.resolved_stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}"
+    name = run_name or (
+        f"flowception-n{scfg.sampling_steps}-{scfg.insertion}-g{scfg.insertion_guidance:g}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}"
+        if flowception else f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.resolved_stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}")
     run_id, _ = tracking.get_or_create_run(
         client, cfg.mlflow.experiment, name,
         tags={"stage": "evaluate", "checkpoint": str(cfg.checkpoint), **(extra_tags or {})},
@@ -143,33 +279,63 @@ def main(
         tracking.log_dataset(client, run_id, shards, context="evaluation")
         if fail:
             raise RuntimeError("injected trial failure (sweep fail_trial)")
-        clips = load_eval_clips(shards, num_frames=num_frames, num_clips=int(cfg.num_videos), seed=int(cfg.seed),
-                                split=str(cfg.split))
+        if flowception:  # whole held-out videos from their first frame, each generated at the model's length
+            clips = whole_video_clips(shards, max_frames=num_frames, num_clips=int(cfg.num_videos), seed=int(cfg.seed),
+                                      split=str(cfg.split), min_frames=m + 1)
+            if not clips:
+                raise ConfigError(f"no {cfg.split!r} video in {shards} has more than n_context_frames={m} frames; "
+                                  "lower n_context_frames or add longer videos")
+        else:
+            clips = load_eval_clips(shards, num_frames=num_frames, num_clips=int(cfg.num_videos), seed=int(cfg.seed),
+                                    split=str(cfg.split))
         if not clips:
             raise ConfigError(
                 f"no {cfg.split!r} segment in {shards} has L = {num_frames} frames "
                 f"(extrapolation={cfg.extrapolation} x chunk_size={k}); lower extrapolation or add longer videos"
             )
-        with console.Progress(f"evaluate {name}: sampling {len(clips)} videos", unit="chunk") as bar:
-            held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
-                                   batch_size=int(cfg.batch_size), progress=bar.callback())
-        real, fake, wall, n = held.real_frames, held.fake_frames, held.metrics["wall_time_s"], len(clips)
+        n = len(clips)
+        if flowception:
+            with console.Progress(f"evaluate {name}: sampling {n} videos", unit="video") as bar:
+                fc = _flowception_continuations(model, tokenizer, clips, scfg, num_frames, seed=int(cfg.seed),
+                                                batch_size=int(cfg.batch_size), progress=bar.callback())
+            wall, lengths = fc["wall_time_s"], fc["lengths"]
+            real, fake = _pad_videos(fc["real_frames"], num_frames), _pad_videos(fc["fake_frames"], num_frames)
+            quality = variable_length_quality(fc["real_tokens"], fc["fake_tokens"], m, real_frames=fc["real_frames"],
+                                              fake_frames=fc["fake_frames"])
+            generated = sum(lengths) - n * m
+            lengths_info = flowception_stack.length_summary(lengths, shards, num_frames, n)
+            lengths_info.update(min_frames=min(lengths), max_frames=max(lengths),
+                                real_clip_frames=[len(t) for t in fc["real_tokens"]])
+        else:
+            with console.Progress(f"evaluate {name}: sampling {n} videos", unit="chunk") as bar:
+                held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
+                                       batch_size=int(cfg.batch_size), progress=bar.callback())
+            real, fake, wall = held.real_frames, held.fake_frames, held.metrics["wall_time_s"]
+            generated, lengths_info = n * (num_frames - m), {}
+            # generated-token accuracy, foreground scores and the copy-last-frame baseline on the same clips
+            quality = {**video_quality_metrics(real, fake, n_context_frames=m),
+                       **{k2: v for k2, v in held.metrics.items() if k2 not in ("nfe", "wall_time_s", "num_videos")}}
         metrics: dict[str, Any] = {
-            "nfe": float(held.metrics["nfe"]),  # per video (a batch's videos share each pass)
+            "nfe": float(fc["nfe"] if flowception else held.metrics["nfe"]),  # per video (a batch's videos share each pass)
             "expected_nfe": float(expected_nfe(scfg, num_frames)),
             "wall_time_s": wall,
             "wall_time_per_video_s": wall / n,
-            "frames_per_s": n * (num_frames - m) / max(wall, 1e-9),
+            "frames_per_s": generated / max(wall, 1e-9),
             "num_videos": n,
             "num_frames": num_frames,
             "stride_effective": float(scfg.resolved_stride),
+            **quality,
+            **lengths_info,
         }
-        metrics.update(video_quality_metrics(real, fake, n_context_frames=m))
-        # generated-token accuracy, foreground scores and the copy-last-frame baseline on the same clips
-        metrics.update({k2: v for k2, v in held.metrics.items() if k2 not in ("nfe", "wall_time_s", "num_videos")})
         skipped = None
         if extractor is None:
             log.info("FVD off (%s): reporting PSNR/SSIM/temporal metrics only", fvd_network)
+        elif flowception:
+            key = _real_stats_key(shards, tokenizer.tokenizer_id, real.shape[2], num_frames, extractor.name, clips,
+                                  whole_videos=True)
+            with console.Progress(f"evaluate {name}: FVD features ({extractor.name}), each video at its length", unit="step"):
+                metrics.update(_variable_length_fvd(fc["real_frames"], fc["fake_frames"], extractor, cfg.fvd.cache_dir, key))
+            skipped = metrics.get("fvd_skipped")
         elif num_frames < MIN_FRAMES or n < 2:
             skipped = (f"L = {num_frames} frames is below I3D's minimum of {MIN_FRAMES}" if num_frames < MIN_FRAMES
                        else f"FVD needs at least 2 videos, got {n}")
@@ -202,9 +368,14 @@ def main(
         tracking.log_metrics(client, run_id, {k2: v for k2, v in metrics.items() if isinstance(v, (int, float))},
                              prefix="eval/")
         for key2, values in metrics.items():  # per-frame curves: step = frame index in the video
-            if isinstance(values, (list, tuple)):
+            if isinstance(values, (list, tuple)) and key2 not in _PER_VIDEO_LISTS:
                 for f, v in enumerate(values):
                     tracking.log_metrics(client, run_id, {key2: v}, step=f, prefix="eval/")
+        if flowception:  # the generated lengths (as experiments.sample tags them) and the histograms
+            tracking.set_tags(client, run_id, {"sample_frames": ",".join(map(str, metrics["sample_frames"]))})
+            hist = out / f"{name}_length_histogram.json"
+            hist.write_text(json.dumps(metrics["length_histogram"], indent=1))
+            tracking.log_artifact(client, run_id, hist)
         tracking.log_frame_strip(client, run_id, real[0], fake[0], m)
         tracking.log_artifact(client, run_id, gif, artifact_path="videos")
         tracking.log_artifact(client, run_id, mp4, artifact_path="videos")

@@ -33,6 +33,7 @@ __all__ = [
     "training_dataset",
     "ExtrasWindow",
     "length_summary",
+    "length_total_variation",
     "write_variable_length_sprites",
 ]
 
@@ -133,7 +134,8 @@ class ExtrasWindow:
 
 
 def length_summary(lengths: list[int] | None, shards: str, max_frames: int, num_videos: int) -> dict[str, Any]:
-    """``sample_frames`` (per video) and, for Flowception, ``length_histogram`` (generated vs real).
+    """``sample_frames`` (per video) and, for Flowception, ``length_histogram`` (generated vs real) and
+    ``length_tv`` (their total-variation distance, :func:`length_total_variation`).
 
     Args:
         lengths: frames of each generated video (``SampleResult.lengths``), or ``None`` (fixed length).
@@ -147,12 +149,24 @@ def length_summary(lengths: list[int] | None, shards: str, max_frames: int, num_
     from pipeline.whole_videos import length_histogram, segment_lengths
 
     real = [min(n, int(max_frames)) for split in ("train", "eval") for n in segment_lengths(shards, split)]
+    hist = {"generated": length_histogram(lengths), "real": length_histogram(real)}
     return {
         "sample_frames": [int(n) for n in lengths],
-        "length_histogram": {"generated": length_histogram(lengths), "real": length_histogram(real)},
+        "length_histogram": hist,
+        "length_tv": length_total_variation(hist["generated"], hist["real"]),
         "mean_frames": float(np.mean(lengths)),
         "real_mean_frames": float(np.mean(real)) if real else float("nan"),
     }
+
+
+def length_total_variation(generated: dict[str, int], real: dict[str, int]) -> float:
+    """Total-variation distance between two length histograms (``{"length": count}``, as
+    :func:`pipeline.whole_videos.length_histogram`): ``½ Σ_n |p(n) − q(n)|`` of the normalised counts,
+    0 for the same distribution, 1 for disjoint supports; ``nan`` when either is empty."""
+    p_total, q_total = sum(generated.values()), sum(real.values())
+    if not p_total or not q_total:
+        return float("nan")
+    return 0.5 * sum(abs(generated.get(n, 0) / p_total - real.get(n, 0) / q_total) for n in set(generated) | set(real))
 
 
 def write_variable_length_sprites(

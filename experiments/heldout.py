@@ -4,6 +4,8 @@
 * :func:`generate_videos` — chunkwise sampling from context tokens, decoded to frames.
 * :func:`heldout_quality` — continuations of held-out clips scored against the real continuation and
   the copy-last-frame baseline on the same clips (token accuracy, PSNR/SSIM, optionally FVD with N).
+* :func:`whole_video_clips`, :func:`variable_length_quality` — Flowception's counterparts: held-out
+  videos from their first frame, and scores over the frames a generated and a real video both have.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 
 log = logging.getLogger("experiments.heldout")
 
-__all__ = ["validation_windows", "generate_videos", "HeldoutResult", "heldout_quality", "UNSEEN_CODE_WARNING"]
+__all__ = ["validation_windows", "generate_videos", "HeldoutResult", "heldout_quality", "UNSEEN_CODE_WARNING",
+           "whole_video_clips", "variable_length_quality"]
 
 UNSEEN_CODE_WARNING = 0.05  # share of held-out tokens with codes absent from training above which we warn
 
@@ -147,3 +150,120 @@ def _fvd(real: torch.Tensor, fake: torch.Tensor, extractor) -> dict[str, Any]:
 
     res = fvd_from_videos(real, fake, extractor=extractor)  # logs why when the clips cannot give an FVD
     return {"fvd": float(res.fvd), "fvd_n": int(res.num_fake)}
+
+
+# ------------------------------------------------------------------ Flowception: videos of the model's length
+def whole_video_clips(shards: str, *, max_frames: int, num_clips: int, seed: int, split: str = "eval",
+                      min_frames: int = 1) -> list:
+    """Held-out videos from their first frame, at most ``max_frames`` frames each: Flowception's ground
+    truth (the model generates a video's length, so a clip must start where its video starts, as the
+    whole-video training examples of :mod:`pipeline.whole_videos` do).
+
+    Segments of ``split`` with at least ``min_frames`` frames are visited in a seeded random order, one
+    clip per segment (fewer than ``num_clips`` when the split has fewer segments). A segment longer than
+    ``max_frames`` gives its first ``max_frames`` frames (the first piece of :func:`pipeline.whole_videos.video_pieces`).
+
+    Returns:
+        :class:`pipeline.readers.EvalClip` s whose ``tokens`` are int64 ``[T_i, h, w]`` with
+        ``T_i = min(segment length, max_frames)``; ``[]`` when no segment qualifies.
+
+    Raises:
+        ValueError: ``max_frames``, ``num_clips`` or ``min_frames`` below 1.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from pipeline.readers import _META_COLUMNS, EvalClip, _dataset, _read_segments
+
+    if min(int(max_frames), int(num_clips), int(min_frames)) < 1:
+        raise ValueError(f"max_frames, num_clips and min_frames must be >= 1, got {max_frames}, {num_clips}, {min_frames}")
+    ds = _dataset(shards)
+    meta = ds.to_table(columns=_META_COLUMNS, filter=(pc.field("split") == split) & (pc.field("num_frames") >= int(min_frames)))
+    rows = sorted(meta.to_pylist(), key=lambda r: (r["video_id"], r["segment"]))
+    order = np.random.default_rng(int(seed)).permutation(len(rows))[: int(num_clips)]
+    picks = [rows[int(i)] for i in order]
+    tokens = _read_segments(ds, [(r["video_id"], r["segment"]) for r in picks])
+    return [EvalClip(video_id=r["video_id"], source=r["source"], segment=int(r["segment"]), frame_start=int(r["frame_start"]),
+                     tokens=torch.from_numpy(tokens[(r["video_id"], r["segment"])][: int(max_frames)].astype(np.int64)))
+            for r in picks]
+
+
+def variable_length_quality(real_tokens: list, fake_tokens: list, n_context_frames: int, *, real_frames: list | None = None,
+                            fake_frames: list | None = None) -> dict[str, Any]:
+    """Continuation quality of videos of different lengths, over the frames the generated and the real
+    video both have (Flowception: the model chose each generated video's length).
+
+    Video ``i`` is scored on its frames ``m … n_i − 1`` with ``n_i = min(len(real_i), len(fake_i))``
+    (a video with ``n_i <= m`` has nothing to score). Videos with the same ``n_i`` are scored together by
+    :func:`maskflow.metrics.continuation.continuation_quality` (and, with frames,
+    :func:`maskflow.metrics.video_quality_metrics`); the groups' values are then combined:
+
+    - a scalar (``token_accuracy``, ``psnr``, ``ssim``, the copy-last-frame baseline's, …) is the mean
+      over every scored frame of every video (group values weighted by videos × scored frames);
+    - a per-frame curve (``token_accuracy_per_frame``, …) has ``max_i n_i − m`` values, value ``j``
+      the mean over the videos that have frame ``m + j``.
+
+    Args:
+        real_tokens, fake_tokens: one int64 ``[T_i, h, w]`` per video, the first ``m`` frames shared.
+        n_context_frames: ``m >= 1``.
+        real_frames, fake_frames: optional decoded videos, uint8 ``[T_i, H, W, 3]`` each.
+
+    Returns:
+        The keys of ``continuation_quality`` (plus ``ssim_per_frame`` and the temporal-consistency keys
+        with frames), ``num_videos`` (all) and ``scored_videos`` (``n_i > m``); ``{}`` of scores when no
+        video has a frame to score.
+
+    Raises:
+        ValueError: lists of different lengths or ``m < 1``.
+    """
+    import math
+    from collections import defaultdict
+
+    import numpy as np
+
+    from maskflow.metrics import video_quality_metrics
+    from maskflow.metrics.continuation import continuation_quality
+
+    m = int(n_context_frames)
+    if m < 1:
+        raise ValueError(f"the copy-last-frame baseline needs n_context_frames >= 1, got {n_context_frames}")
+    if len(real_tokens) != len(fake_tokens) or (real_frames is not None and len(real_frames) != len(real_tokens)):
+        raise ValueError("one real and one generated video per clip")
+    with_frames = real_frames is not None and fake_frames is not None
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, (r, f) in enumerate(zip(real_tokens, fake_tokens)):
+        n = min(len(r), len(f))
+        if n > m:
+            groups[n].append(i)
+    scalars: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    curves: dict[str, list[tuple[np.ndarray, int]]] = defaultdict(list)
+    for n, idx in sorted(groups.items()):
+        rt = torch.stack([real_tokens[i][:n] for i in idx])
+        ft = torch.stack([fake_tokens[i][:n] for i in idx]).to(rt.device)
+        out: dict[str, Any] = {}
+        if with_frames:
+            rf, ff = torch.stack([real_frames[i][:n] for i in idx]), torch.stack([fake_frames[i][:n] for i in idx])
+            out.update(video_quality_metrics(rf, ff, n_context_frames=m))
+            out.update(continuation_quality(rt, ft, m, real_frames=rf, fake_frames=ff))
+        else:
+            out.update(continuation_quality(rt, ft, m))
+        for key, value in out.items():
+            if key == "num_videos":
+                continue
+            if isinstance(value, list):
+                curves[key].append((np.asarray(value, dtype=np.float64), len(idx)))
+            elif isinstance(value, (int, float)) and math.isfinite(float(value)):
+                scalars[key].append((float(value), len(idx) * (n - m)))
+    res: dict[str, Any] = {"num_videos": len(real_tokens), "scored_videos": sum(len(v) for v in groups.values())}
+    for key, pairs in scalars.items():
+        res[key] = float(sum(v * w for v, w in pairs) / sum(w for _, w in pairs))
+    for key, pairs in curves.items():
+        length = max(len(c) for c, _ in pairs)
+        total, weight = np.zeros(length), np.zeros(length)
+        for c, w in pairs:
+            total[: len(c)] += c * w
+            weight[: len(c)] += w
+        res[key] = [float(t / w) if w else float("nan") for t, w in zip(total, weight)]
+    if res.get("temporal_mad_real"):
+        res["temporal_mad_ratio"] = res["temporal_mad_fake"] / res["temporal_mad_real"]
+    return res

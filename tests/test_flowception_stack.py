@@ -104,3 +104,86 @@ def test_whole_video_pieces_and_padded_rows(token_shards):
         assert r["tokens"].shape == (10, 2, 2) and bool((r["tokens"][k:] == 32).all())
         assert np.array_equal(r["tokens"][:k], tokens[start : start + k])
         assert k == 10 or start + k == 24  # a short piece ends where the video ends
+
+
+def test_flowception_evaluate_scores_the_overlap_and_reports_the_length_histogram(trained, tmp_path):
+    """evaluate sampler=flowception: whole held-out videos, quality over the frames both videos have, FVD of
+    videos at their own lengths with N, the length histogram against the shards' lengths, MLflow."""
+    from experiments import evaluate, tracking
+
+    out = evaluate.main(load_config("evaluate", [
+        f"checkpoint={trained['checkpoint']}", f"out_dir={tmp_path}", "sampler=flowception", "sampling_steps=2",
+        "n_context_frames=2", "extrapolation=2", "num_videos=2", "batch_size=2", "insertion=poisson",
+        f"fvd.cache_dir={tmp_path / 'fvd'}"]))
+    lengths = out["sample_frames"]
+    assert len(lengths) == out["num_videos"] == 2 and all(2 <= n <= 16 for n in lengths)
+    assert out["real_clip_frames"] == [16, 16]  # 24-frame held-out videos, their first L = 2 x 8 frames
+    assert sum(out["length_histogram"]["generated"].values()) == 2 and set(out["length_histogram"]["real"]) == {"16"}
+    assert out["length_tv"] == pytest.approx(1 - lengths.count(16) / 2)  # the real lengths are all 16 (capped at L)
+    scored = [n for n in lengths if n > 2]
+    assert out["scored_videos"] == len(scored)
+    if scored:  # one value per generated frame that some video reached
+        assert len(out["token_accuracy_per_frame"]) == max(scored) - 2 and 0 <= out["token_accuracy"] <= 1
+        assert {"psnr", "ssim", "copy_last_frame_token_accuracy", "foreground_token_accuracy"} <= set(out)
+    long_enough = sum(n >= 9 for n in lengths)  # I3D's minimum
+    assert out["fvd_n"] == long_enough and out["fvd_num_real"] == 2 and out["fvd_short_videos"] == 2 - long_enough
+    assert (out["fvd"] >= 0) if long_enough >= 2 else ("fvd_skipped" in out and out["fvd"] != out["fvd"])
+    assert 2 <= out["nfe"] <= 2 * 2 * 2  # two windows at most, S to 2S passes each
+    run = tracking.get_client().get_run(out["mlflow_run_id"])
+    assert run.data.tags["sample_frames"] == ",".join(map(str, lengths))
+    assert run.data.metrics["eval/length_tv"] == pytest.approx(out["length_tv"])
+    assert run.data.params["insertion"] == "poisson"
+
+
+def test_flowception_evaluate_refuses_a_checkpoint_without_rate_head(trained):
+    from experiments.evaluate import _check_rate_head
+    from maskflow.models.latte import build_backbone
+    from maskflow.sampling import SamplerConfig
+
+    maskflow_model = build_backbone("tiny", codebook_size=32, latent_size=4)
+    with pytest.raises(ConfigError, match="dynamics=flowception"):
+        _check_rate_head(maskflow_model, SamplerConfig(sampler="flowception", chunk_size=8), "ckpt")
+    _check_rate_head(maskflow_model, SamplerConfig(sampler="mgm", chunk_size=8), "ckpt")  # MaskFlow samplers: fine
+
+
+def test_variable_length_scores_match_fixed_length_ones_and_weight_frames(tmp_path):
+    """Equal lengths: the same numbers as MaskFlow's continuation_quality; mixed lengths: scalars are means
+    over every scored frame, curves means over the videos that reach a frame, short videos left out."""
+    import math
+
+    from experiments.evaluate import _variable_length_fvd
+    from experiments.heldout import variable_length_quality
+    from maskflow.metrics.continuation import continuation_quality
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randint(0, 4, (3, 6, 2, 2), generator=g)
+    fake = torch.randint(0, 4, (3, 6, 2, 2), generator=g)
+    fake[:, :2] = real[:, :2]
+    same = variable_length_quality(list(real), list(fake), 2)
+    ref = continuation_quality(real, fake, 2)
+    for key in ("token_accuracy", "copy_last_frame_token_accuracy", "foreground_share"):
+        assert same[key] == pytest.approx(ref[key])
+    assert same["token_accuracy_per_frame"] == pytest.approx(ref["token_accuracy_per_frame"])
+
+    # video 0 scored on frames 2..5, video 1 on frames 2..3 (its generated video has 4 frames), video 2 not at all
+    mixed = variable_length_quality([real[0], real[1], real[2]], [fake[0], fake[1, :4], fake[2, :2]], 2)
+    hits0 = (real[0, 2:] == fake[0, 2:]).double().mean(dim=(1, 2))
+    hits1 = (real[1, 2:4] == fake[1, 2:4]).double().mean(dim=(1, 2))
+    assert mixed["scored_videos"] == 2 and mixed["num_videos"] == 3
+    assert mixed["token_accuracy"] == pytest.approx(float(torch.cat([hits0, hits1]).mean()))
+    assert mixed["token_accuracy_per_frame"] == pytest.approx(
+        [float((hits0[0] + hits1[0]) / 2), float((hits0[1] + hits1[1]) / 2), float(hits0[2]), float(hits0[3])])
+
+    class MeanColour:  # a stand-in feature network: mean colour and its frame-to-frame change, any length
+        name = "mean-colour"
+
+        def __call__(self, videos):
+            v = videos.double()
+            return torch.cat([v.mean(dim=(1, 2, 3)), (v[:, 1:] - v[:, :-1]).abs().mean(dim=(1, 2, 3))], 1).numpy()
+
+    frames = [torch.randint(0, 255, (n, 4, 4, 3), generator=g, dtype=torch.uint8) for n in (9, 12, 10, 5)]
+    res = _variable_length_fvd(frames[:3], frames[1:], MeanColour(), tmp_path, "k")
+    assert res["fvd_num_real"] == 3 and res["fvd_n"] == 2 and res["fvd_short_videos"] == 1
+    assert math.isfinite(res["fvd"]) and res["fvd"] >= 0
+    short = _variable_length_fvd(frames[:3], frames[3:], MeanColour(), tmp_path, "k")
+    assert math.isnan(short["fvd"]) and "9 frames" in short["fvd_skipped"]
