@@ -17,6 +17,17 @@ its sample videos and the checkpoint it used. A failing trial is recorded (statu
 and the sweep goes on. Running the same command with the same ``name`` resumes an interrupted sweep
 (finished trials are kept, unfinished ones run). At the end :mod:`experiments.report` renders the
 paper-style tables from the child runs and logs them to the parent run.
+
+Flowception (a ``dynamics=flowception`` checkpoint; docs/flowception.md) sweeps like any sampler, with its
+own settings as axes: ``insertion`` (``bernoulli``/``poisson``), ``insertion_guidance`` (``w_s``, eq. 36)
+and ``unmasking`` (``fm``/``mgm``). Each trial then also reports the generated lengths: ``length_tv``
+(total-variation distance between the generated and the real length histograms, 0 = the same; a scalar
+for ``metric=length_tv mode=min``), ``mean_frames`` and ``real_mean_frames``; quality is scored over the
+frames a generated and its real video both have (:mod:`experiments.evaluate`).
+
+    python -m experiments.sweep checkpoint=DIR name=fc-insertion 'grid=[{sampler: flowception, sampling_steps: [5, 10]}]' \
+        '+axes.insertion=[bernoulli, poisson]' '+axes.insertion_guidance=[1.0, 1.5]' extrapolation=[1] \
+        metric=length_tv mode=min
 """
 
 from __future__ import annotations
@@ -42,7 +53,8 @@ log = logging.getLogger("experiments.sweep")
 __all__ = ["main", "expand_trials", "run_trial", "parse_axis", "sampled_axes", "tune_domain", "SEARCHES", "SPACE_KINDS"]
 
 AXES = ("sampler", "sampling_steps", "stride", "guidance_scale", "time_conditioning", "extrapolation", "seed",
-        "n_context_frames", "temperature", "unmasking_schedule", "partial_context_level")
+        "n_context_frames", "temperature", "unmasking_schedule", "partial_context_level",
+        "insertion", "insertion_guidance", "unmasking")  # the last three: sampler=flowception
 
 
 INTEGER_AXES = ("sampling_steps", "stride", "extrapolation", "seed", "n_context_frames")
@@ -268,7 +280,7 @@ def run_trial(config: dict[str, Any]) -> None:
 def _trial_name(index: int, trial: dict[str, Any]) -> str:
     parts = [f"{trial.get('sampler', '')}"]
     for key, short in (("sampling_steps", "n"), ("stride", "s"), ("guidance_scale", "w"), ("extrapolation", "x"),
-                       ("temperature", "T")):
+                       ("temperature", "T"), ("insertion", ""), ("insertion_guidance", "g"), ("unmasking", "u")):
         if key in trial:
             value = trial[key]
             parts.append(f"{short}{value:.3g}" if isinstance(value, float) else f"{short}{value}")
@@ -276,9 +288,9 @@ def _trial_name(index: int, trial: dict[str, Any]) -> str:
 
 
 TABLE_PARAMS = ("sampler", "sampling_steps", "stride", "guidance_scale", "extrapolation", "n_context_frames",
-                "time_conditioning", "seed")
+                "time_conditioning", "seed", "insertion", "insertion_guidance", "unmasking")
 TABLE_METRICS = ("nfe", "expected_nfe", "fvd", "fvd_n", "psnr", "ssim", "token_accuracy",
-                 "copy_last_frame_token_accuracy", "wall_time_s")
+                 "copy_last_frame_token_accuracy", "wall_time_s", "length_tv", "mean_frames", "real_mean_frames")
 
 
 def _log_trials_table(client, parent_id: str) -> list[dict[str, Any]]:

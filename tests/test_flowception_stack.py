@@ -187,3 +187,27 @@ def test_variable_length_scores_match_fixed_length_ones_and_weight_frames(tmp_pa
     assert math.isfinite(res["fvd"]) and res["fvd"] >= 0
     short = _variable_length_fvd(frames[:3], frames[3:], MeanColour(), tmp_path, "k")
     assert math.isnan(short["fvd"]) and "9 frames" in short["fvd_skipped"]
+
+
+def test_sweep_runs_flowception_trials_with_length_metrics(trained, tmp_path):
+    """Two Flowception trials through Ray Tune (the insertion rule swept), each reporting length_tv; the best
+    trial chosen by it; unknown sweep axes still refused."""
+    import mlflow
+
+    from experiments import sweep, tracking
+
+    words = [
+        f"checkpoint={trained['checkpoint']}", "name=t-fc-sweep", f"storage_path={tmp_path}",
+        "grid=[{sampler: flowception, sampling_steps: [2]}]", "+axes.insertion=[bernoulli, poisson]",
+        "extrapolation=[1]", "metric=length_tv", "mode=min", "max_concurrent_trials=1",
+        "eval.num_videos=2", "eval.batch_size=2", "eval.fvd.enabled=false",
+    ]
+    out = sweep.main(load_config("sweep", words))
+    assert out["trials"] == 2 and not out["errors"]
+    runs = mlflow.search_runs(experiment_ids=[tracking.get_client().get_run(out["parent_run_id"]).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{out['parent_run_id']}'")
+    assert sorted(runs["params.insertion"]) == ["bernoulli", "poisson"] and set(runs["status"]) == {"FINISHED"}
+    assert runs["metrics.eval/length_tv"].between(0, 1).all() and runs["metrics.eval/mean_frames"].between(2, 8).all()
+    assert [r["insertion"] for r in out["trials_table"]] == ["bernoulli", "poisson"]
+    assert out["best"]["insertion"] in ("bernoulli", "poisson")
+    assert out["best"]["length_tv"] == min(r["length_tv"] for r in out["trials_table"])
