@@ -18,6 +18,11 @@ Stages (configuration: ``experiments/configs/reproduce.yaml``; everything lands 
    bundled I3D, per-frame PSNR/SSIM and token accuracy against the ground truth, the copy-last-frame
    baseline on the same clips, NFE counted beside the A.2 formula, wall time). The grid is the pruned
    product of ``reproduce.yaml``'s ``grid`` groups (one group per table / claim) over ``eval.seeds``.
+   **Flowception** (docs/flowception.md): a ``dynamics=flowception`` model trained on the same videos
+   (``models.flowception``) is evaluated with ``sampler=flowception`` next to MaskFlow at about the same
+   NFE (``eval.sampling_steps.flowception`` steps per frame); a second one (``models.flowception_lengths``)
+   is trained on sprite videos of several lengths (``lengths_data``, the supplementary's Figure 11) and
+   its generated length histogram is compared with the real one.
 4. **Report** (:mod:`experiments.reproduction_report`): ``reproduction.json`` (every trial's settings and
    metrics), ``reproduction.md`` in the layout of Tables 1–5 and S6 with a verdict per claim computed
    from the numbers, and PNG plots.
@@ -50,7 +55,7 @@ log = logging.getLogger("experiments.reproduce")
 
 __all__ = ["load_reproduce_config", "settings_key", "expand_grid", "run_evaluation_trial", "main"]
 
-SAMPLERS = ("mgm", "fm", "diffusion_forcing", "rolling")
+SAMPLERS = ("mgm", "fm", "diffusion_forcing", "rolling", "flowception")
 FULL = "full"  # stride s = k - m (full-sequence mode)
 
 
@@ -93,10 +98,31 @@ def _validate(cfg: DictConfig) -> None:
     if not list(cfg.eval.seeds):
         raise ConfigError("eval.seeds must list at least one seed")
     for sampler in SAMPLERS:
+        if sampler == "flowception" and not _flowception_models(cfg):
+            continue
         if int(cfg.eval.sampling_steps.get(sampler, 0) or 0) < 1:
             raise ConfigError(f"eval.sampling_steps.{sampler} must be an integer >= 1")
+    if any(_model_data(cfg, n) == "lengths" for n in cfg.models):
+        lengths = [int(x) for x in cfg.lengths_data.lengths]
+        if not lengths or min(lengths) <= m or max(lengths) > k:
+            raise ConfigError(f"lengths_data.lengths must lie in [n_context_frames + 1, chunk_size] = [{m + 1}, {k}] "
+                              f"(a Flowception window holds chunk_size frames), got {lengths}")
     if int(cfg.data.resolution) % int(cfg.data.patch_size):
         raise ConfigError(f"data.resolution={cfg.data.resolution} must be a multiple of data.patch_size={cfg.data.patch_size}")
+
+
+def _model_dynamics(cfg: DictConfig, name: str) -> str:
+    """``maskflow`` or ``flowception``: how model ``name`` of ``cfg.models`` is trained."""
+    return str(cfg.models[name].get("dynamics", "maskflow"))
+
+
+def _model_data(cfg: DictConfig, name: str) -> str:
+    """``main`` (the sprite videos every model trains on) or ``lengths`` (``lengths_data``)."""
+    return str(cfg.models[name].get("data", "main"))
+
+
+def _flowception_models(cfg: DictConfig) -> list[str]:
+    return [n for n in cfg.models if _model_dynamics(cfg, n) == "flowception"]
 
 
 def settings_key(settings: Any) -> str:
@@ -135,16 +161,30 @@ def _data_settings(cfg: DictConfig) -> dict[str, Any]:
     return d
 
 
-def prepare_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
+def _lengths_data_settings(cfg: DictConfig) -> dict[str, Any]:
+    d = {k: v for k, v in to_container(cfg.data).items() if k not in ("videos", "num_videos", "eval_fraction")}
+    lengths = [int(x) for x in cfg.lengths_data.lengths]
+    d.update(lengths=lengths, num_videos=int(cfg.lengths_data.num_videos), eval_fraction=float(cfg.lengths_data.eval_fraction),
+             min_frames=min(lengths), num_frames=max(lengths), videos=None, kind="lengths")
+    return d
+
+
+def prepare_data(cfg: DictConfig, out: Path, which: str = "main") -> dict[str, Any]:
     """Render the sprite videos and tokenize them with Ray Data (skipped when already done).
 
+    Args:
+        which: ``"main"`` (``data``: every video ``max(extrapolations) × k`` frames) or ``"lengths"``
+            (``lengths_data``: rendered sprite videos shared out over ``lengths_data.lengths`` frames, with
+            ``data``'s renderer and tokenizer settings, for Flowception's length modelling).
+
     Returns:
-        ``{"key", "videos", "shards", "manifest_counts", "splits", "seconds", "skipped"}``.
+        ``{"key", "videos", "shards", "manifest_counts", "splits", "seconds", "skipped"}`` (``lengths``: the
+        rendered lengths).
     """
     from experiments import tokenize as tokenize_stage
     from experiments.synthetic import write_sprite_videos
 
-    settings = _data_settings(cfg)
+    settings = _data_settings(cfg) if which == "main" else _lengths_data_settings(cfg)
     key = settings_key(settings)
     marker = out / "data" / f"{key}.json"
     done = _read_json(marker)
@@ -153,8 +193,15 @@ def prepare_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
         return {**done, "skipped": True}
     t0 = time.perf_counter()
     root = out / "data" / key
-    d = cfg.data
-    if d.videos:
+    d = OmegaConf.create(settings)
+    if which == "lengths":
+        from experiments.flowception import write_variable_length_sprites
+
+        videos_dir = root / "videos"
+        num_videos = len(write_variable_length_sprites(
+            videos_dir, int(d.num_videos), list(d.lengths), seed=int(d.seed), size=int(d.resolution),
+            motion=str(d.motion), grid_cells=int(d.resolution) // int(d.patch_size)))
+    elif d.videos:
         videos_dir = Path(str(d.videos)).expanduser().resolve()
         if not videos_dir.is_dir():
             raise ConfigError(f"data.videos={d.videos} is not a directory")
@@ -175,7 +222,7 @@ def prepare_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
     ])
     manifest = tokenize_stage.main(tok_cfg)
     result = {
-        "key": key, "settings": settings, "videos": str(videos_dir), "num_videos": num_videos or manifest.get("counts", {}).get("videos_found"),
+        "key": key, "which": which, "settings": settings, "videos": str(videos_dir), "num_videos": num_videos or manifest.get("counts", {}).get("videos_found"),
         "shards": str(root / "tokens"), "manifest_counts": manifest.get("counts", {}),
         "splits": manifest.get("splits", {}), "tokenizer_psnr_db": manifest.get("reconstruction_psnr_db"),
         "seconds": time.perf_counter() - t0,
@@ -187,11 +234,12 @@ def prepare_data(cfg: DictConfig, out: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- 2. trainings
 def _train_overrides(cfg: DictConfig, name: str, shards: str, out: Path, run_name: str) -> list[str]:
     t, variant = cfg.train, cfg.models[name]
-    steps = int(t.max_steps)
+    steps = int(variant.get("max_steps") or t.max_steps)  # a model's own max_steps (the quick preset's Flowception ones)
     return [
         f"shards={shards}", f"run_name={run_name}", f"chunk_size={int(cfg.chunk_size)}", f"seed={int(cfg.data.seed)}",
         f"model.size={t.model_size}", f"model.time_conditioning={variant.time_conditioning}",
         f"method.masking={variant.masking}", f"method.scheduler={t.scheduler}",
+        *([f"dynamics={_model_dynamics(cfg, name)}"] if _model_dynamics(cfg, name) != "maskflow" else []),
         f"method.max_context_frames={int(t.max_context_frames)}",
         f"optim.lr={float(t.lr)}", f"optim.lr_decay={t.lr_decay}", f"optim.warmup_steps={int(t.warmup_steps)}",
         f"optim.ema_decay={float(t.ema_decay)}", "optim.ema_warmup=true",
@@ -205,17 +253,26 @@ def _train_overrides(cfg: DictConfig, name: str, shards: str, out: Path, run_nam
     ]
 
 
-def train_models(cfg: DictConfig, out: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def train_models(cfg: DictConfig, out: Path, data: dict[str, Any],
+                 lengths_data: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Train every model of ``cfg.models`` with the same budget; finished trainings are skipped.
+
+    Args:
+        data: :func:`prepare_data`'s main data; ``lengths_data``: its ``"lengths"`` data, for the models
+            with ``data: lengths``.
 
     Returns:
         ``{name: {"key", "checkpoint", "steps", "final_loss", "first_loss", "final_metrics", "seconds",
-        "mlflow_run_id", "masking", "time_conditioning", "skipped"}}``.
+        "mlflow_run_id", "masking", "time_conditioning", "dynamics", "data", "skipped"}}``.
     """
     from experiments import train as train_stage
 
     results = {}
+    main_data = data
     for name in cfg.models:
+        data = lengths_data if _model_data(cfg, name) == "lengths" else main_data
+        if data is None:
+            raise ConfigError(f"model {name} trains on data: lengths, but no lengths data was prepared")
         probe = _train_overrides(cfg, name, data["shards"], out, "x")
         key = settings_key({"data": data["key"], "train": [w for w in probe if not w.startswith(("run_name=", "run.", "mlflow."))]})
         marker = out / "trainings" / f"{name}.json"
@@ -233,6 +290,7 @@ def train_models(cfg: DictConfig, out: Path, data: dict[str, Any]) -> dict[str, 
             "first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
             "final_metrics": summary["final_metrics"], "mlflow_run_id": summary["mlflow_run_id"],
             "masking": str(cfg.models[name].masking), "time_conditioning": str(cfg.models[name].time_conditioning),
+            "dynamics": _model_dynamics(cfg, name), "data": _model_data(cfg, name),
             "seconds": time.perf_counter() - t0,
         }
         _write_json(marker, res)
@@ -248,10 +306,12 @@ def expand_grid(cfg: DictConfig) -> list[dict[str, Any]]:
     "guidance_scale", "time_conditioning", "seed", "claims", "tables"}``; settings that several groups
     share are run once (their ``claims``/``tables`` merged). ``extrapolation: all`` means
     ``eval.extrapolations``; explicit values outside it are dropped; ``stride=1`` at 1× is dropped (one
-    chunk, the same samples as full sequence).
+    chunk, the same samples as full sequence). ``sampler: flowception`` needs a ``dynamics: flowception``
+    model; the trials of a model with ``data: lengths`` evaluate ``lengths_data.eval_videos`` videos
+    (their ``num_videos``).
 
     Raises:
-        ConfigError: an unknown model, sampler or key in a group.
+        ConfigError: an unknown model, sampler or key in a group, or Flowception sampling of a MaskFlow model.
     """
     exts = [int(x) for x in cfg.eval.extrapolations]
     allowed = {"claims", "tables", "model", "sampler", "extrapolation", "stride", "guidance_scale", "time_conditioning"}
@@ -276,6 +336,11 @@ def expand_grid(cfg: DictConfig) -> list[dict[str, Any]]:
                 raise ConfigError(f"grid model {t['model']!r} is not one of models: {', '.join(cfg.models)}")
             if t["sampler"] not in SAMPLERS:
                 raise ConfigError(f"grid sampler {t['sampler']!r}; choose from {', '.join(SAMPLERS)}")
+            if t["sampler"] == "flowception" and _model_dynamics(cfg, t["model"]) != "flowception":
+                raise ConfigError(f"grid: sampler flowception needs a model with dynamics: flowception, "
+                                  f"{t['model']!r} is {_model_dynamics(cfg, t['model'])}")
+            if _model_data(cfg, t["model"]) == "lengths":
+                t["num_videos"] = int(cfg.lengths_data.eval_videos)
             t["extrapolation"] = int(t["extrapolation"])
             if t["extrapolation"] not in exts or (t["stride"] != FULL and t["extrapolation"] == 1):
                 continue
@@ -290,8 +355,8 @@ def expand_grid(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def _trial_settings(trial: dict[str, Any]) -> dict[str, Any]:
-    return {k: trial[k] for k in ("model", "sampler", "sampling_steps", "extrapolation", "stride", "guidance_scale",
-                                  "time_conditioning", "seed")}
+    keys = ("model", "sampler", "sampling_steps", "extrapolation", "stride", "guidance_scale", "time_conditioning", "seed")
+    return {k: trial[k] for k in keys + (("num_videos",) if "num_videos" in trial else ())}
 
 
 def _trial_name(trial: dict[str, Any]) -> str:
@@ -317,6 +382,7 @@ def run_evaluation_trial(config: dict[str, Any]) -> None:
         "extrapolation": trial["extrapolation"], "stride": None if trial["stride"] == FULL else int(trial["stride"]),
         "guidance_scale": trial["guidance_scale"], "time_conditioning": trial["time_conditioning"],
         "seed": trial["seed"], "out_dir": str(Path(config["trials_dir"]) / "videos" / trial["key"]),
+        **({"num_videos": trial["num_videos"]} if "num_videos" in trial else {}),
     })
     name = _trial_name(trial)
     t0 = time.perf_counter()
@@ -489,9 +555,10 @@ def main(cfg: DictConfig, argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     data = prepare_data(cfg, out)
+    lengths_data = prepare_data(cfg, out, "lengths") if any(_model_data(cfg, n) == "lengths" for n in cfg.models) else None
     timings["data_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    models = train_models(cfg, out, data)
+    models = train_models(cfg, out, data, lengths_data)
     timings["train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     grid = evaluate_grid(cfg, out, models, uri)
@@ -504,7 +571,7 @@ def main(cfg: DictConfig, argv: Sequence[str] | None = None) -> dict[str, Any]:
     command = "python -m experiments.reproduce " + shlex.join(argv if argv is not None else sys.argv[1:])
     result = reproduction_report.build(
         cfg=to_container(cfg), data=data, models=models, grid=grid, timings=timings, machine=_machine(),
-        command=command.strip(), tracking_uri=uri,
+        command=command.strip(), tracking_uri=uri, lengths_data=lengths_data,
     )
     written = reproduction_report.write(result, out, strips)
     if cfg.get("docs_dir"):

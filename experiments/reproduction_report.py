@@ -10,6 +10,11 @@ the layout of the paper's Tables 1–5 and S6 and the PNG plots; the Markdown li
 
 Comparisons: FVD (lower is better) and generated-token accuracy against the ground truth (higher is
 better) are both checked; a difference within the tolerance (or within the spread over seeds) is a tie.
+
+Flowception (no claim of the MaskFlow paper, so no verdict) gets its own section: the generated length
+histogram against the real one of the ``flowception_lengths`` model (the supplementary's Figure 11, pooled
+over seeds, with their total-variation distance) and the ``flowception`` model's continuation quality next
+to MaskFlow's MGM sampler on the frame-level model at about the same NFE, per extrapolation.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CLAIMS", "rollout_blocks", "aggregate", "verdicts", "build", "render_markdown", "write", "copy_to_docs",
-           "print_summary"]
+           "print_summary", "plot_length_histogram"]
 
 FULL = "full"
 FIG_DIR = "reproduction"
@@ -50,9 +55,11 @@ CLAIMS = {
 
 SAMPLER_NAMES = {"mgm": "MaskFlow (MGM-style)", "fm": "MaskFlow (FM-style)",
                  "diffusion_forcing": "Diffusion Forcing", "rolling": "Rolling Diffusion"}
+FLOWCEPTION_NAME = "Flowception"
 METRICS = ("fvd", "fvd_n", "token_accuracy", "copy_last_frame_token_accuracy", "foreground_token_accuracy",
            "copy_last_frame_foreground_token_accuracy", "psnr", "copy_last_frame_psnr", "ssim", "copy_last_frame_ssim",
-           "nfe", "expected_nfe", "wall_time_s", "wall_time_per_video_s", "num_videos")
+           "nfe", "expected_nfe", "wall_time_s", "wall_time_per_video_s", "num_videos",
+           "length_tv", "mean_frames", "real_mean_frames", "scored_videos")  # the last four: Flowception
 SETTING_KEYS = ("model", "sampler", "sampling_steps", "extrapolation", "stride", "guidance_scale", "time_conditioning")
 
 
@@ -83,7 +90,11 @@ def _trial_row(rec: dict[str, Any], k: int, m: int) -> dict[str, Any]:
         value = met.get(name)
         row[name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
     row["fvd_feature_network"] = met.get("fvd_feature_network")
-    row["nfe_matches_formula"] = bool(row["nfe"] == row["expected_nfe"])
+    # Flowception's NFE is random (the formula gives its expectation): no match to check
+    row["nfe_matches_formula"] = None if row["sampler"] == "flowception" else bool(row["nfe"] == row["expected_nfe"])
+    if met.get("length_histogram"):
+        row["length_histogram"] = met["length_histogram"]
+        row["sample_frames"] = met.get("sample_frames")
     row["blocks"] = {
         "token_accuracy": rollout_blocks(met.get("token_accuracy_per_frame"), k, m),
         "copy_last_frame_token_accuracy": rollout_blocks(met.get("copy_last_frame_token_accuracy_per_frame"), k, m),
@@ -109,9 +120,10 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         agg = {k: rs[0][k] for k in SETTING_KEYS}
         agg["seeds"] = sorted(r["seed"] for r in rs)
         agg["claims"] = sorted({c for r in rs for c in r["claims"]})
-        agg["nfe_matches_formula"] = all(r["nfe_matches_formula"] for r in rs)
+        agg["nfe_matches_formula"] = (None if any(r["nfe_matches_formula"] is None for r in rs)
+                                      else all(r["nfe_matches_formula"] for r in rs))
         for name in METRICS:
-            vals = np.array([r[name] for r in rs], dtype=np.float64)
+            vals = np.array([r.get(name, math.nan) for r in rs], dtype=np.float64)
             finite = vals[np.isfinite(vals)]
             agg[name] = float(finite.mean()) if finite.size else math.nan
             agg[f"{name}_std"] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
@@ -120,8 +132,19 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             curves = [r["blocks"][name] for r in rs if r["blocks"].get(name)]
             n = min((len(c) for c in curves), default=0)
             agg["blocks"][name] = [float(np.mean([c[i] for c in curves])) for i in range(n)]
+        hists = [r["length_histogram"] for r in rs if r.get("length_histogram")]
+        if hists:  # Flowception: the generated lengths of every seed pooled, against the (same) real ones
+            from experiments.flowception import length_total_variation
+
+            pooled: dict[str, int] = {}
+            for h in hists:
+                for n_frames, count in h["generated"].items():
+                    pooled[n_frames] = pooled.get(n_frames, 0) + int(count)
+            pooled = dict(sorted(pooled.items(), key=lambda kv: int(kv[0])))
+            agg["length_histogram"] = {"generated": pooled, "real": hists[0]["real"]}
+            agg["length_tv"] = length_total_variation(pooled, hists[0]["real"])
         out.append(agg)
-    order = {"frame": 0, "constant": 1, "independent": 2}
+    order = {"frame": 0, "constant": 1, "independent": 2, "flowception": 3, "flowception_lengths": 4}
     out.sort(key=lambda a: (order.get(a["model"], 9), str(a["sampler"]), a["extrapolation"], str(a["stride"]),
                             a["guidance_scale"], a["time_conditioning"]))
     return out
@@ -271,8 +294,10 @@ def _stride_label(stride: Any) -> str:
 
 # ------------------------------------------------------------------------------------ build
 def build(*, cfg: dict[str, Any], data: dict[str, Any], models: dict[str, Any], grid: dict[str, Any],
-          timings: dict[str, float], machine: dict[str, Any], command: str, tracking_uri: str) -> dict[str, Any]:
-    """The content of ``reproduction.json`` (see the module docstring)."""
+          timings: dict[str, float], machine: dict[str, Any], command: str, tracking_uri: str,
+          lengths_data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``reproduction.json`` (see the module docstring); ``lengths_data``: the data of the
+    Flowception length-modelling model, when there is one."""
     k, m = int(cfg["chunk_size"]), int(cfg["n_context_frames"])
     rows = [_trial_row(rec, k, m) for rec in grid["trials"]]
     agg = aggregate(rows)
@@ -283,6 +308,9 @@ def build(*, cfg: dict[str, Any], data: dict[str, Any], models: dict[str, Any], 
         "config": cfg, "chunk_size": k, "n_context_frames": m, "full_stride": k - m,
         "data": {key: data.get(key) for key in ("key", "videos", "shards", "num_videos", "manifest_counts", "splits",
                                                 "tokenizer_psnr_db", "seconds", "skipped")},
+        "lengths_data": None if lengths_data is None else {
+            key: lengths_data.get(key) for key in ("key", "videos", "shards", "num_videos", "settings", "manifest_counts",
+                                                   "splits", "tokenizer_psnr_db", "seconds", "skipped")},
         "models": models,
         "evaluation": {key: grid[key] for key in ("num_grid", "ran", "skipped", "errors", "missing", "parent_run_id", "seconds")},
         "tracking_uri": tracking_uri,
@@ -333,6 +361,72 @@ def _quality_cells(a: dict | None, with_copy: bool = True) -> list[str]:
     return cells
 
 
+def _model_label(model: dict[str, Any]) -> str:
+    if model.get("dynamics") == "flowception":
+        data = "sprite videos of several lengths" if model.get("data") == "lengths" else "the same videos"
+        return f"Flowception (dynamics=flowception, frame insertion) on {data}"
+    return f"{model['masking']} masking, time {model['time_conditioning']}"
+
+
+def _tv(a: dict[str, Any]) -> str:
+    """The length histograms' total-variation distance with 3 decimals (``–`` when not measured)."""
+    v = a.get("length_tv", math.nan)
+    return f"{v:.3f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
+
+
+def _flowception_section(result: dict[str, Any], look: "_Lookup", exts: list[int]) -> list[str]:
+    """The Flowception section of ``reproduction.md`` (``[]`` without Flowception trials)."""
+    fc = [a for a in result["settings"] if a["sampler"] == "flowception"]
+    if not fc:
+        return []
+    cfg, k, m = result["config"], result["chunk_size"], result["n_context_frames"]
+    steps = cfg["eval"]["sampling_steps"]
+    p = ["## Flowception — length modelling and quality against MaskFlow at about the same NFE", "",
+         "Flowception (docs/flowception.md) generates each video's length by inserting fully masked frames while "
+         "the present ones are unmasked. No claim of the MaskFlow paper, so no verdict: the numbers as measured. "
+         f"Its trials continue whole held-out videos from their first m = {m} frames up to L = extrapolation × k "
+         "frames; quality is scored over the frames the generated and the real video both have (FVD on the clips "
+         f"of at least 9 frames, each at its own length). Sampling: {steps.get('flowception')} steps per frame "
+         "(a window takes S to 2S passes), Bernoulli insertion, FM-style unmasking.", ""]
+    lengths = [a for a in fc if a.get("length_histogram")]
+    for a in lengths:
+        if a["model"] != "flowception_lengths":
+            continue
+        hist = a["length_histogram"]
+        keys = sorted({int(x) for x in hist["real"]} | {int(x) for x in hist["generated"]})
+        real_total, gen_total = sum(hist["real"].values()), sum(hist["generated"].values())
+        rows = [[label, *[_f(h.get(str(n), 0) / total, 2) if total else "–" for n in keys], _f(mean, 2), str(total)]
+                for label, h, total, mean in (("real (all videos, train and held-out)", hist["real"], real_total,
+                                               a.get("real_mean_frames")),
+                                              ("generated", hist["generated"], gen_total, a.get("mean_frames")))]
+        data = result.get("lengths_data") or {}
+        shown = (data.get("settings") or {}).get("lengths") or cfg.get("lengths_data", {}).get("lengths")
+        p += [f"### Length histogram (the supplementary's Figure 11) — `{a['model']}`, {a['extrapolation']}× (at most "
+              f"{a['extrapolation'] * k} frames)", "",
+              f"Sprite videos of {', '.join(map(str, shown or []))} frames; the generated lengths of "
+              f"{gen_total} continuations (seeds {', '.join(map(str, a['seeds']))} pooled) against the lengths of "
+              f"every rendered video. Total-variation distance **{_tv(a)}** (0 = the same "
+              f"distribution, 1 = disjoint). Share of videos per length:", "",
+              _table(["lengths", *[str(n) for n in keys], "mean", "videos"], rows), "",
+              f"NFE {_f(a['nfe'])} per batch (expectation for full windows {_f(a['expected_nfe'])}); quality of the "
+              f"continuations: token accuracy {_pm(a, 'token_accuracy', 3)} (copy-last-frame "
+              f"{_f(a.get('copy_last_frame_token_accuracy'), 3)}), PSNR {_pm(a, 'psnr', 2)} dB.", ""]
+    rows = []
+    for e in exts:
+        for label, a in (("MaskFlow (MGM-style), frame-level model", look.get(ext=e)),
+                         (f"{FLOWCEPTION_NAME}, `flowception` model", look.get("flowception", "flowception", ext=e))):
+            if a is not None:
+                rows.append([label, f"{e}×", *_nfe_cells(a), _f(a.get("mean_frames"), 1) if a["sampler"] == "flowception"
+                             else _f(float(e * k)), *_quality_cells(a)])
+    p += ["### Continuation quality against MaskFlow at about the same NFE", "",
+          f"MGM: {steps['mgm']} passes per chunk; Flowception: {steps.get('flowception')} steps per frame. "
+          "Generated frames: the mean video length (context included).", "",
+          _table(["Sampling mode", "Extrapolation", "Total NFE", "A.2 formula", "frames", *QUALITY_HEAD], rows), ""]
+    if any(a.get("length_histogram") for a in result["settings"]):
+        p += [f"![generated against real length histogram]({FIG_DIR}/length_histogram.png)", ""]
+    return p
+
+
 def _val_accuracy(model: dict[str, Any]) -> float | None:
     final = model.get("final_metrics") or {}
     return final.get("val_masked_accuracy", final.get("val/masked_accuracy"))
@@ -345,6 +439,8 @@ QUALITY_HEAD = ["FVD ↓", "N", "token acc. ↑", "copy-last acc.", "fg. acc. �
 def _nfe_cells(a: dict | None) -> list[str]:
     if a is None:
         return ["–", "–"]
+    if a["nfe_matches_formula"] is None:  # Flowception: a random count, the formula its expectation
+        return [_f(a["nfe"]), f"E ≈ {_f(a['expected_nfe'])}"]
     ok = "" if a["nfe_matches_formula"] else " ≠"
     return [_f(a["nfe"]), _f(a["expected_nfe"]) + ok]
 
@@ -387,7 +483,7 @@ def render_markdown(result: dict[str, Any]) -> str:
           f"- **Models** (Ray Train, the same budget each: {t['max_steps']} steps × {t['batch_size_per_worker']} windows × "
           f"{t['num_workers']} workers, `{t['model_size']}` backbone, k = {k}, lr {t['lr']} {t['lr_decay']}, up to "
           f"{t['max_context_frames']} clean leading frames): "
-          + "; ".join(f"`{n}` = {x['masking']} masking, time {x['time_conditioning']} (final masked CE "
+          + "; ".join(f"`{n}` = {_model_label(x)} (final masked CE "
                       f"{_f(x.get('final_loss'), 3)}, validation masked accuracy "
                       f"{_f(_val_accuracy(x), 3)})" for n, x in result["models"].items()) + ".",
           f"- **Evaluation** (Ray Tune, MLflow parent run `{ev['parent_run_id']}` with one child run per trial): "
@@ -510,6 +606,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     p += [f"## Rollout decay at {top}× — quality of frames 1…k, k+1…2k, … (block means)", "",
           f"The first block holds the k − m = {k - m} generated frames after the context.", "",
           _table(["model, sampler", "token accuracy per block", "copy-last-frame", "PSNR dB per block", "SSIM per block"], rows), ""]
+
+    p += _flowception_section(result, look, exts)
 
     p += ["## Plots", "",
           f"![quality against extrapolation]({FIG_DIR}/quality_vs_extrapolation.png)", "",
@@ -650,6 +748,29 @@ def plot_strip(strips: dict[int, dict[str, np.ndarray]], m: int, k: int, path: P
     return path
 
 
+def plot_length_histogram(result: dict[str, Any], path: Path) -> Path | None:
+    """Share of videos per length, real against generated, one panel per Flowception setting with a
+    length histogram (the supplementary's Figure 11); ``None`` without one."""
+    rows = [a for a in result["settings"] if a.get("length_histogram")]
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rows), figsize=(5.5 * len(rows), 3.8), dpi=110, squeeze=False)
+    for ax, a in zip(axes[0], rows):
+        hist = a["length_histogram"]
+        keys = sorted({int(x) for x in hist["real"]} | {int(x) for x in hist["generated"]})
+        for shift, (label, h) in zip((-0.2, 0.2), (("real", hist["real"]), ("generated", hist["generated"]))):
+            total = max(1, sum(h.values()))
+            ax.bar([n + shift for n in keys], [h.get(str(n), 0) / total for n in keys], width=0.4, label=label)
+        ax.set_xticks(keys)
+        ax.set_xlabel("video length (frames)")
+        ax.set_ylabel("share of videos")
+        ax.set_title(f"{a['model']}, {a['extrapolation']}×: TV {_tv(a)}")
+        ax.legend(fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 # ------------------------------------------------------------------------------------ output
 def write(result: dict[str, Any], out: Path, strips: dict[int, dict[str, np.ndarray]]) -> dict[str, Path]:
     """Write ``reproduction.json``, ``reproduction.md`` and the PNGs into ``out`` (PNGs and a copy of the JSON
@@ -663,6 +784,9 @@ def write(result: dict[str, Any], out: Path, strips: dict[int, dict[str, np.ndar
     paths["quality_vs_extrapolation"] = plot_quality_vs_extrapolation(result, figs / "quality_vs_extrapolation.png")
     paths["quality_vs_nfe"] = plot_quality_vs_nfe(result, figs / "quality_vs_nfe.png")
     paths["rollout_decay"] = plot_rollout_decay(result, figs / "rollout_decay.png")
+    lengths = plot_length_histogram(result, figs / "length_histogram.png")
+    if lengths is not None:
+        paths["length_histogram"] = lengths
     strip = plot_strip(strips, result["n_context_frames"], result["chunk_size"], figs / "rollout_strip.png")
     if strip is not None:
         paths["rollout_strip"] = strip
@@ -690,5 +814,10 @@ def print_summary(result: dict[str, Any], paths: dict[str, Path]) -> None:
     for c in sorted(result["verdicts"], key=int):
         v = result["verdicts"][c]
         lines.append(f"  ({c}) {v['verdict']:<18} {v['claim']}")
+    for a in result["settings"]:
+        if a["sampler"] == "flowception":
+            lines.append(f"  Flowception ({a['model']}, {a['extrapolation']}x): mean length {_f(a.get('mean_frames'), 2)} "
+                         f"(real {_f(a.get('real_mean_frames'), 2)}), length TV {_tv(a)}, NFE "
+                         f"{_f(a['nfe'])}, token accuracy {_f(a.get('token_accuracy'), 3)}")
     lines += [f"  report  {paths['markdown']}", f"  json    {paths['json']}"]
     print("\n".join(lines), flush=True)

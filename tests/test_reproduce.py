@@ -22,8 +22,13 @@ def test_presets_load_and_every_claim_has_trials(preset):
     assert cfg.preset == preset and "presets" not in cfg
     grid = expand_grid(cfg)
     assert {c for t in grid for c in t["claims"]} == {1, 2, 3, 4, 5, 6}
-    assert {t["sampler"] for t in grid} == {"mgm", "fm", "diffusion_forcing", "rolling"}
-    assert {t["model"] for t in grid} == {"frame", "constant", "independent"}
+    assert {t["sampler"] for t in grid} == {"mgm", "fm", "diffusion_forcing", "rolling", "flowception"}
+    assert {t["model"] for t in grid} == {"frame", "constant", "independent", "flowception", "flowception_lengths"}
+    fc = [t for t in grid if t["sampler"] == "flowception"]  # Flowception rows: its own models, every extrapolation
+    assert {t["model"] for t in fc} == {"flowception", "flowception_lengths"}
+    assert {t["extrapolation"] for t in fc if t["model"] == "flowception"} == set(cfg.eval.extrapolations)
+    assert all(t["num_videos"] == cfg.lengths_data.eval_videos for t in fc if t["model"] == "flowception_lengths")
+    assert max(cfg.lengths_data.lengths) <= cfg.chunk_size  # one window holds the longest video
     keys = [settings_key({k: v for k, v in t.items() if k not in ("claims", "tables")}) for t in grid]
     assert len(keys) == len(set(keys)), "a setting appears twice in the grid"
 
@@ -40,7 +45,8 @@ def test_grid_is_pruned_as_documented():
     assert guided and all(t["model"] == "frame" and t["sampler"] == "mgm" and t["stride"] == "full" for t in guided)
     assert {t["guidance_scale"] for t in guided} == {1.0, 2.0}
     # the paper's step counts, and every extrapolation x seed for the Table 1 samplers
-    assert {t["sampler"]: t["sampling_steps"] for t in grid} == {"mgm": 20, "fm": 250, "diffusion_forcing": 250, "rolling": 250}
+    assert {t["sampler"]: t["sampling_steps"] for t in grid} == {"mgm": 20, "fm": 250, "diffusion_forcing": 250, "rolling": 250,
+                                                                 "flowception": 10}
     for sampler in ("mgm", "fm", "diffusion_forcing", "rolling"):
         t1 = {(t["extrapolation"], t["seed"]) for t in grid if t["model"] == "frame" and t["sampler"] == sampler
               and t["stride"] == "full" and t["guidance_scale"] == 0 and t["time_conditioning"] == "dependent"}
@@ -58,6 +64,11 @@ def test_bad_config_is_refused():
     cfg.grid = [{"model": "nonexistent"}]
     with pytest.raises(ConfigError, match="nonexistent"):
         expand_grid(cfg)
+    cfg.grid = [{"model": "frame", "sampler": "flowception"}]  # a MaskFlow model has no rate head
+    with pytest.raises(ConfigError, match="dynamics: flowception"):
+        expand_grid(cfg)
+    with pytest.raises(ConfigError, match="lengths_data.lengths"):
+        load_reproduce_config(["preset=quick", "lengths_data.lengths=[3,7]"])  # longer than chunk_size = 6
 
 
 def test_settings_key_depends_on_every_value():
@@ -120,7 +131,7 @@ def test_missing_numbers_are_not_measured():
 # ------------------------------------------------------------------------------------ QUICK end to end
 @pytest.mark.ray
 @pytest.mark.slow
-def test_quick_reproduction_runs_reports_and_resumes(tmp_path, ray_session, mlflow_uri):
+def test_quick_reproduction_runs_reports_and_resumes(tmp_path, ray_session, mlflow_uri, capsys):
     from experiments import reproduce
 
     out = tmp_path / "repro"
@@ -135,10 +146,12 @@ def test_quick_reproduction_runs_reports_and_resumes(tmp_path, ray_session, mlfl
     assert all(v["verdict"] in VERDICTS and v["checks"] for v in saved["verdicts"].values())
     k, m = saved["chunk_size"], saved["n_context_frames"]
     for t in saved["trials"]:
+        if t["sampler"] == "flowception":  # the model chooses the length: checked below
+            continue
         assert t["nfe"] == t["expected_nfe"] > 0  # counted NFE equals the A.2 formula for every sampler
         assert 0.0 <= t["token_accuracy"] <= 1 and 0.0 <= t["copy_last_frame_token_accuracy"] <= 1
         assert len(t["blocks"]["token_accuracy"]) == t["extrapolation"]  # one value per k-frame block
-        assert t["num_videos"] == cfg.eval.num_videos
+        assert t["num_videos"] == (cfg.lengths_data.eval_videos if t["model"] == "flowception_lengths" else cfg.eval.num_videos)
         if t["extrapolation"] * k >= 9:  # I3D's minimum clip length
             assert math.isfinite(t["fvd"]) and t["fvd_n"] == cfg.eval.num_videos
         else:
@@ -148,18 +161,37 @@ def test_quick_reproduction_runs_reports_and_resumes(tmp_path, ray_session, mlfl
     fm = next(t for t in saved["trials"] if t["sampler"] == "fm" and t["extrapolation"] == 2 and t["model"] == "frame")
     assert mgm["nfe"] < fm["nfe"]
 
+    # Flowception: the length histogram of the model trained on videos of several lengths, and the model trained
+    # on the same videos as MaskFlow next to MGM
+    fc = [t for t in saved["trials"] if t["sampler"] == "flowception"]
+    lengths = next(t for t in fc if t["model"] == "flowception_lengths")
+    hist = lengths["length_histogram"]
+    assert set(hist["real"]) == {str(n) for n in cfg.lengths_data.lengths}
+    assert sum(hist["generated"].values()) == lengths["num_videos"] == len(lengths["sample_frames"])
+    assert all(m < n <= k for n in lengths["sample_frames"]) or min(lengths["sample_frames"]) == m
+    assert 0 <= lengths["length_tv"] <= 1 and lengths["nfe_matches_formula"] is None
+    for t in (t for t in fc if t["model"] == "flowception"):
+        assert set(t["length_histogram"]["real"]) == {str(t["extrapolation"] * k)}  # every video is long enough
+        assert all(m <= n <= t["extrapolation"] * k for n in t["sample_frames"])
+        assert 1 <= len(t["blocks"]["token_accuracy"]) <= t["extrapolation"] or t["scored_videos"] == 0
+        assert cfg.eval.sampling_steps.flowception <= t["nfe"] <= 2 * cfg.eval.sampling_steps.flowception * t["extrapolation"] * 2
+
     md = (out / "reproduction.md").read_text()
     for heading in ("Table 1 layout", "Table 2 layout", "Table 3 layout", "Table 4 layout", "Table 5 layout",
-                    "Table S6 layout", "Rollout decay", "## Verdicts"):
+                    "Table S6 layout", "Rollout decay", "## Verdicts", "## Flowception", "Figure 11",
+                    "Continuation quality against MaskFlow at about the same NFE"):
         assert heading in md
+    assert "| Flowception, `flowception` model | 2× |" in md and f"**{lengths['length_tv']:.3f}**" in md
+    assert "Flowception (flowception_lengths, 1x)" in capsys.readouterr().out  # the printed summary
     for c in range(1, 7):
         assert f"**({c}) " in md
-    for png in ("quality_vs_extrapolation", "quality_vs_nfe", "rollout_decay", "rollout_strip"):
+    for png in ("quality_vs_extrapolation", "quality_vs_nfe", "rollout_decay", "rollout_strip", "length_histogram"):
         path = out / "reproduction" / f"{png}.png"
         assert path.stat().st_size > 1000 and f"reproduction/{png}.png" in md
-    assert first["models"].keys() == {"frame", "constant", "independent"}
+    assert first["models"].keys() == {"frame", "constant", "independent", "flowception", "flowception_lengths"}
     steps = {name: m_["steps"] for name, m_ in first["models"].items()}
-    assert set(steps.values()) == {cfg.train.max_steps}  # the same budget for every model
+    assert {steps[n] for n in ("frame", "constant", "independent")} == {cfg.train.max_steps}  # the same budget for every MaskFlow model
+    assert steps["flowception"] == steps["flowception_lengths"] == cfg.models.flowception.max_steps
 
     again = reproduce.main(cfg, argv=["preset=quick"])
     assert again["evaluation"]["ran"] == 0 and again["evaluation"]["skipped"] == len(grid)
