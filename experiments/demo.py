@@ -59,12 +59,14 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"videos={cfg.videos} is not a directory")
     else:
         videos = out / "videos"
-        # grid motion moves sprites on the tokenizer's token grid (resolution / patch size cells)
+        # grid motion moves sprites on the tokenizer's token grid (resolution / patch size cells); rendered at
+        # the tokenizer's resolution, so decoding does not resize them: a bicubic resize rings around every
+        # sprite edge, and k-means gives each halo (per colour, background and side) codes of its own
         patch = int(load_config("tokenize", []).tokenizer.patch_size)
         if flowception_stack.dynamics(cfg) == "flowception":  # videos of a few distinct lengths (Figure 11)
             flowception_stack.write_variable_length_sprites(
                 videos, int(cfg.num_synthetic_videos), list(cfg.flowception_lengths), seed=int(cfg.seed),
-                motion=str(cfg.synthetic_motion), grid_cells=int(cfg.resolution) // patch,
+                motion=str(cfg.synthetic_motion), grid_cells=int(cfg.resolution) // patch, size=int(cfg.resolution),
             )
         else:
             write_sprite_videos(
@@ -74,6 +76,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
                 seed=int(cfg.seed),
                 motion=str(cfg.synthetic_motion),
                 grid_cells=int(cfg.resolution) // patch,
+                size=int(cfg.resolution),
             )
     timings["videos_s"] = time.perf_counter() - t0
 
