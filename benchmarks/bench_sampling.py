@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     for sampler, s in steps.items():
         if sampler not in args.samplers.split(","):
             continue
-        for frames in (args.frames, length):
+        for frames in dict.fromkeys((args.frames, length)):  # --extrapolation 1: the chunk alone
             for head in heads:
                 results.append(run_case(model, args, sampler, s, frames, head))
                 r = results[-1]

@@ -8,6 +8,8 @@ Usage::
     python benchmarks/bench_training.py --threads 1     # on a busy CPU box, one thread is often much faster
     python benchmarks/bench_training.py --cases shape_a --steps 1   # only shape A
     python benchmarks/bench_training.py --head-modes masked,dense --cases main   # the K-way head side by side
+    python benchmarks/bench_training.py --cases shape_a --head-modes masked,dense --checkpointing-modes off,on \
+        --threads 2 --repeats 2    # the masked-head targets: every combination, interleaved, ratios printed
 
 What is measured, per configuration (each in a fresh subprocess so that peak memory is its own):
 
@@ -21,7 +23,9 @@ What is measured, per configuration (each in a fresh subprocess so that peak mem
 * with ``--head-modes masked,dense`` every case runs twice, once with the ``K``-way head only at the masked
   positions, fused with the cross-entropy in chunks (``ObjectiveConfig(head='masked')``, the default)
   and once with the dense head and loss (``head='dense'``, the reference), and a side-by-side table
-  (step time, peak memory, loss) closes the report;
+  (step time, peak memory, loss) closes the report; ``--checkpointing-modes off,on`` adds activation
+  checkpointing as a second axis, and for shape A the ratios are printed against the targets of the
+  masked-only head (time ≤ 0.6× and memory ≤ 0.4× of the dense reference, ≤ 0.25× the authors' 20 GB);
 * corruption alone (levels + masks), to compare with the dense one-hot corruption of the authors' code,
   whose size ``B·T·h·w·(K+1)`` float32 values is computed (not allocated).
 
@@ -88,6 +92,7 @@ class Case:
     heads: int | None = None
     checkpointing: bool = False
     head: str = "masked"  # ObjectiveConfig.head: 'masked' (fused, masked positions only) or 'dense'
+    head_chunk_rows: int | None = None  # ObjectiveConfig.head_chunk_rows (None: its default)
 
 
 def training_flops(cfg: BackboneConfig, batch: int, frames: int) -> float:
@@ -146,7 +151,8 @@ def run_case(case: Case, steps: int, device: torch.device) -> dict:
     optimizer = build_optimizer(model, lr=optim_cfg.lr)
     ema = EMA(model, decay=optim_cfg.ema_decay)
     scaler = build_grad_scaler(optim_cfg, device)
-    objective = MaskFlowObjective(ObjectiveConfig(head=case.head))
+    chunk = {} if case.head_chunk_rows is None else {"head_chunk_rows": case.head_chunk_rows}
+    objective = MaskFlowObjective(ObjectiveConfig(head=case.head, **chunk))
     gen = torch.Generator(device=device).manual_seed(0)
     x1 = torch.randint(0, case.codebook, (case.batch, case.frames, case.latent, case.latent), generator=gen, device=device)
 
@@ -214,6 +220,54 @@ def run_in_subprocess(case: Case, steps: int, device: str, threads: int) -> dict
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def merge_repeats(runs: list[dict]) -> dict:
+    """One result from interleaved repeats: all step times, their median, the largest peak memory."""
+    out = dict(runs[0])
+    out["step_s_all"] = [t for r in runs for t in r["step_s_all"]]
+    out["step_s"] = statistics.median(out["step_s_all"])
+    out["tokens_per_s"] = runs[0]["tokens_per_s"] * runs[0]["step_s"] / out["step_s"]
+    out["achieved_flops"] = out["flops_per_step"] / out["step_s"]
+    for key in ("peak_bytes", "peak_rss_bytes", "step_rss_growth_bytes"):
+        if key in out:
+            out[key] = max(r[key] for r in runs)
+    return out
+
+
+# targets of the masked-only head, against the dense reference at the same shape (shape A, fp32 CPU)
+TIME_TARGET, MEMORY_TARGET, AUTHORS_PEAK_GB, AUTHORS_TARGET = 0.6, 0.4, 20.0, 0.25
+
+
+def side_by_side(pairs: list[tuple[str, list[str]]], results: dict, on_gpu: bool) -> None:
+    """Print every variant's time and memory against the dense head without checkpointing (the reference)."""
+    mem_key = "peak_bytes" if on_gpu else "peak_rss_bytes"
+    print(f"\n== side by side (memory = {'CUDA peak allocated' if on_gpu else 'process peak RSS'}; "
+          "ratios against the dense head without activation checkpointing, the reference)")
+    for base, names in pairs:
+        ref = next((results[n] for n in names if results[n]["case"]["head"] == "dense"
+                    and not results[n]["case"]["checkpointing"]), None)
+        print(f"   {base}:")
+        for n in names:
+            r = results[n]
+            c = r["case"]
+            ratio = (f"   time {r['step_s'] / ref['step_s']:.2f}×, memory {r[mem_key] / ref[mem_key]:.2f}×"
+                     if ref is not None else "")
+            print(f"      {c['head']:>6} head, checkpointing {'on ' if c['checkpointing'] else 'off'}: "
+                  f"{r['step_s']:.3f} s/step, {gib(r[mem_key])}, loss {r['loss']:.4f}{ratio}")
+        if base == "shape A" and ref is not None and not on_gpu:
+            print(f"      targets (shape A): time <= {TIME_TARGET}× and memory <= {MEMORY_TARGET}× of the reference, "
+                  f"memory <= {AUTHORS_TARGET}× of the authors' {AUTHORS_PEAK_GB:.0f} GB")
+            for n in names:
+                r, c = results[n], results[n]["case"]
+                if c["head"] != "masked":
+                    continue
+                t, m = r["step_s"] / ref["step_s"], r[mem_key] / ref[mem_key]
+                a = r[mem_key] / 1e9 / AUTHORS_PEAK_GB
+                ok = lambda v: "met" if v else "NOT met"  # noqa: E731
+                print(f"      masked, checkpointing {'on ' if c['checkpointing'] else 'off'}: time {t:.2f}× "
+                      f"({ok(t <= TIME_TARGET)}), memory {m:.2f}× ({ok(m <= MEMORY_TARGET)}), "
+                      f"{a:.2f}× of 20 GB ({ok(a <= AUTHORS_TARGET)})")
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
@@ -257,6 +311,11 @@ def main() -> None:
     ap.add_argument("--head-modes", default="masked",
                     help="comma list of K-way head modes to run each case with: masked (default), dense, or "
                          "masked,dense for a side-by-side comparison")
+    ap.add_argument("--checkpointing-modes", default="off",
+                    help="comma list of off/on: run each case without and/or with activation checkpointing "
+                         "(off,on for a side-by-side comparison; --checkpointing alone sets 'main' cases only)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every variant this many times, interleaved, and report the median step time")
     ap.add_argument("--_single", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -304,27 +363,28 @@ def main() -> None:
     heads = [h.strip() for h in args.head_modes.split(",") if h.strip()]
     if not heads or any(h not in ("masked", "dense") for h in heads):
         ap.error(f"--head-modes must list masked and/or dense, got {args.head_modes!r}")
+    ckpts = [c.strip() for c in args.checkpointing_modes.split(",") if c.strip()]
+    if not ckpts or any(c not in ("off", "on") for c in ckpts):
+        ap.error(f"--checkpointing-modes must list off and/or on, got {args.checkpointing_modes!r}")
     results, pairs = {}, []
     for case in cases:
-        names = []
+        variants = []  # (name, case) of every head x checkpointing combination of this case
         for head in heads:
-            name = case.name if head == heads[0] else f"{case.name} [{head} head]"
-            r = run_in_subprocess(Case(**dict(asdict(case), name=name, head=head)), steps, str(device),
-                                  torch.get_num_threads())
-            results[name] = r
-            names.append(name)
-            report(r)
-        pairs.append((case.name, names))
-    if len(heads) > 1:
-        mem_key = "peak_bytes" if on_gpu else "peak_rss_bytes"
-        print(f"\n== K-way head side by side ({' vs '.join(heads)}; memory = "
-              f"{'CUDA peak allocated' if on_gpu else 'process peak RSS'})")
-        for base, names in pairs:
-            cells = "   ".join(
-                f"{results[n]['case']['head']}: {results[n]['step_s']:.3f} s/step, {gib(results[n][mem_key])}, "
-                f"loss {results[n]['loss']:.4f}" for n in names)
-            ratio = results[names[-1]]["step_s"] / results[names[0]]["step_s"]
-            print(f"   {base}: {cells}   ({heads[-1]}/{heads[0]} time {ratio:.2f}×)")
+            for ck in ckpts:
+                on = case.checkpointing if ck == "off" and len(ckpts) == 1 else ck == "on"
+                tags = ([f"{head} head"] if head != heads[0] else []) + (["checkpointing"] if on and len(ckpts) > 1 else [])
+                name = case.name + (f" [{', '.join(tags)}]" if tags else "")
+                variants.append((name, Case(**dict(asdict(case), name=name, head=head, checkpointing=on))))
+        runs: dict[str, list[dict]] = {name: [] for name, _ in variants}
+        for _ in range(args.repeats):  # interleaved: every variant sees the same machine load
+            for name, variant in variants:
+                runs[name].append(run_in_subprocess(variant, steps, str(device), torch.get_num_threads()))
+        for name, _ in variants:
+            results[name] = merge_repeats(runs[name])
+            report(results[name])
+        pairs.append((case.name, [name for name, _ in variants]))
+    if len(heads) * len(ckpts) > 1:
+        side_by_side(pairs, results, on_gpu)
 
     b2 = results.get("main @ batch 2", results.get("main"))
     if b2 is None:

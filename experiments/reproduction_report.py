@@ -322,7 +322,7 @@ def build(*, cfg: dict[str, Any], data: dict[str, Any], models: dict[str, Any], 
 def _f(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 1:
+    if isinstance(v, float) and v.is_integer() and (abs(v) >= 1 or digits == 0):
         return f"{int(v):,}"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
@@ -348,7 +348,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _quality_cells(a: dict | None, with_copy: bool = True) -> list[str]:
     if a is None:
         return ["–"] * (9 if with_copy else 6)
-    cells = [_pm(a, "fvd", 1), _f(a.get("fvd_n")), _pm(a, "token_accuracy", 3)]
+    cells = [_pm(a, "fvd", 1), _f(a.get("fvd_n"), 0), _pm(a, "token_accuracy", 3)]
     if with_copy:
         cells.append(_f(a.get("copy_last_frame_token_accuracy"), 3))
     cells.append(_f(a.get("foreground_token_accuracy"), 3))

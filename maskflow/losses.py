@@ -121,15 +121,31 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
 
     Inputs (rows sorted by sub-position, ``groups[s]`` rows of sub-position ``s`` in a row):
     ``rows [M, D]``, ``weight [p², K, D]``, ``bias [p², K]``, ``targets`` int64 ``[M]``,
-    ``row_weights`` float32 ``[M]``. Outputs: the weighted CE sum :math:`\sum_n w_n \mathrm{CE}_n`
-    (float32 scalar, differentiable), the unweighted CE sum and the number of rows whose argmax is
-    the target (float32 scalars, not differentiable). Forward and backward each recompute one chunk's
-    logits ``[≤ chunk_rows, K]`` in float32 at a time (the matmuls run in ``dtype``, as autocast would
-    run them); the weight and bias gradients are accumulated in float32.
+    ``row_weights`` float32 ``[M]``, ``grad_enabled`` (the caller's grad mode: no gradient work under
+    ``torch.no_grad``). Outputs: the weighted CE sum :math:`\sum_n w_n \mathrm{CE}_n`
+    (float32 scalar, differentiable), the unweighted CE sum and the number of rows whose target logit
+    is above every other logit (float32 scalars, not differentiable): ``argmax == target`` where the
+    maximum is unique; a tie counts as wrong (a zero-initialised head scores 0, not the share of
+    targets that happen to be class 0). One ``amax`` pass instead of an ``argmax``, which is several
+    times slower on a CPU.
+
+    Each chunk's logits ``[≤ chunk_rows, K]`` are computed once, in float32 (the matmuls run in
+    ``dtype``, as autocast would run them). When a gradient is needed, the forward pass also turns them
+    into :math:`\partial L/\partial \text{logits} = w_n(\mathrm{softmax} - \mathrm{onehot})` in place
+    and accumulates the input, weight and bias gradients of the whole loss (weight and bias in float32);
+    the backward pass only scales them by the incoming gradient of the scalar. This is the fused
+    linear-cross-entropy scheme of Liger-Kernel: three matmuls per chunk (logits, input grad, weight
+    grad) instead of four with a recomputation of the logits in the backward pass, and one softmax.
+    The extra memory of the stored gradients is ``M·D + p²·K·D`` values.
     """
 
     @staticmethod
-    def forward(ctx, rows, weight, bias, targets, row_weights, groups, chunk_rows, dtype):
+    def forward(ctx, rows, weight, bias, targets, row_weights, groups, chunk_rows, dtype, grad_enabled):
+        need_rows, need_w, need_b = (bool(grad_enabled) and n for n in ctx.needs_input_grad[:3])
+        grad_rows = torch.zeros_like(rows) if need_rows else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+        need_grad = need_rows or need_w or need_b
         with torch.autocast(rows.device.type, enabled=False):
             w_c, b_c, h_c = weight.to(dtype), bias.to(dtype), rows.to(dtype)
             wsum = torch.zeros((), dtype=torch.float32, device=rows.device)
@@ -140,38 +156,26 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 for lo in range(start, start + count, chunk_rows):
                     hi = min(lo + chunk_rows, start + count)
                     logits = F.linear(h_c[lo:hi], w_c[s], b_c[s]).float()  # (m, K)
-                    tgt = targets[lo:hi]
-                    ce = torch.logsumexp(logits, dim=-1) - logits.gather(1, tgt[:, None]).squeeze(1)  # (m,)
-                    wsum += (ce * row_weights[lo:hi]).sum()
+                    tgt = targets[lo:hi, None]  # (m, 1)
+                    rw = row_weights[lo:hi]
+                    target_logit = logits.gather(1, tgt)  # (m, 1)
+                    # the largest other logit: correct = the target beats every other class (a tie is wrong)
+                    other = logits.scatter_(1, tgt, float("-inf")).amax(dim=-1, keepdim=True)  # (m, 1)
+                    logits.scatter_(1, tgt, target_logit)
+                    correct += (target_logit > other).sum()
+                    top = torch.maximum(other, target_logit)  # (m, 1): the row's max, for a stable exp
+                    e = logits.sub_(top).exp_()  # exp(logit - max), in place of the logits
+                    del logits
+                    total = e.sum(dim=-1, keepdim=True)  # (m, 1)
+                    ce = (top + total.log() - target_logit).squeeze(1)  # (m,) = logsumexp - target logit
+                    wsum += (ce * rw).sum()
                     ce_sum += ce.sum()
-                    correct += (logits.argmax(dim=-1) == tgt).sum()
-                    del logits
-                start += count
-        ctx.save_for_backward(rows, weight, bias, targets, row_weights)
-        ctx.groups, ctx.chunk_rows, ctx.dtype = groups, chunk_rows, dtype
-        ctx.mark_non_differentiable(ce_sum, correct)
-        return wsum, ce_sum, correct
-
-    @staticmethod
-    def backward(ctx, grad_wsum, _grad_ce, _grad_correct):
-        rows, weight, bias, targets, row_weights = ctx.saved_tensors
-        dtype = ctx.dtype
-        need_rows, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_rows = torch.zeros_like(rows) if need_rows else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
-        g = grad_wsum.float()
-        with torch.autocast(rows.device.type, enabled=False):
-            w_c, b_c, h_c = weight.to(dtype), bias.to(dtype), rows.to(dtype)
-            start = 0
-            for s, count in enumerate(ctx.groups):
-                for lo in range(start, start + count, ctx.chunk_rows):
-                    hi = min(lo + ctx.chunk_rows, start + count)
-                    logits = F.linear(h_c[lo:hi], w_c[s], b_c[s]).float()  # (m, K)
-                    grad = logits.softmax(dim=-1)  # d CE / d logits = softmax - onehot
-                    del logits
-                    grad.scatter_add_(1, targets[lo:hi, None], grad.new_full((hi - lo, 1), -1.0))
-                    grad.mul_((row_weights[lo:hi] * g)[:, None])
+                    if not need_grad:
+                        del e
+                        continue
+                    grad = e.mul_((rw[:, None] / total))  # w · softmax, in place
+                    del e
+                    grad.scatter_add_(1, tgt, -rw[:, None])  # - w · onehot
                     if need_b:
                         grad_b[s] += grad.sum(dim=0)
                     grad_lo = grad.to(dtype)
@@ -180,10 +184,24 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                         grad_rows[lo:hi] = (grad_lo @ w_c[s]).to(rows.dtype)
                     if need_w:
                         grad_w[s] += (grad_lo.t() @ h_c[lo:hi]).float()
+                    del grad_lo
                 start += count
-        grad_w = grad_w.to(weight.dtype) if need_w else None
-        grad_b = grad_b.to(bias.dtype) if need_b else None
-        return grad_rows, grad_w, grad_b, None, None, None, None, None
+        ctx.save_for_backward(grad_rows, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, bias.dtype)
+        ctx.mark_non_differentiable(ce_sum, correct)
+        return wsum, ce_sum, correct
+
+    @staticmethod
+    def backward(ctx, grad_wsum, _grad_ce, _grad_correct):
+        grad_rows, grad_w, grad_b = ctx.saved_tensors
+        g = grad_wsum.float()
+        if grad_rows is not None:
+            grad_rows = grad_rows * g.to(grad_rows.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * g).to(ctx.dtypes[0])
+        if grad_b is not None:
+            grad_b = (grad_b * g).to(ctx.dtypes[1])
+        return grad_rows, grad_w, grad_b, None, None, None, None, None, None
 
 
 def fused_masked_cross_entropy(
@@ -202,7 +220,8 @@ def fused_masked_cross_entropy(
     The same loss as :func:`masked_cross_entropy` (weighted eq. 7, ``masked_ce``, ``accuracy``,
     ``num_masked``), but the ``K``-way head is applied only to the ``M`` masked positions, fused with
     the cross-entropy and chunked: at most ``chunk_rows × K`` float32 logits exist at once, in the
-    forward pass and (recomputed) in the backward pass. With ``K = 16384`` this removes the dense
+    forward pass, which also computes the gradients (the backward pass only scales them). With
+    ``K = 16384`` this removes the dense
     ``[B, T, h, w, K]`` logits and their float32 copy from training.
 
     Args:
@@ -244,7 +263,7 @@ def fused_masked_cross_entropy(
         groups = (m,)
     dtype = _matmul_dtype(rows.device, weight.dtype)
     wsum, ce_sum, correct = _ChunkedHeadCrossEntropy.apply(
-        rows, weight, bias, targets, w, groups, int(chunk_rows), dtype
+        rows, weight, bias, targets, w, groups, int(chunk_rows), dtype, torch.is_grad_enabled()
     )
     loss = wsum / (m + eps)
     masked_ce = ce_sum / (m + eps)

@@ -117,6 +117,28 @@ def test_fused_cross_entropy_at_fixed_masks_incl_all_and_none_masked(patch_size,
         assert float(out.loss.detach()) == 0.0 and float(out.accuracy) == 0.0
 
 
+def test_fused_cross_entropy_gradients_follow_the_incoming_gradient_and_none_under_no_grad():
+    """The gradients are computed in the forward pass and scaled by the incoming gradient in the backward
+    pass (3·loss gives 3× the gradients); under no_grad the same values come back with no graph."""
+    model = random_model(2, seed=4)
+    gen = torch.Generator().manual_seed(1)
+    x1 = torch.randint(0, K, (2, 3, LATENT, LATENT), generator=gen)
+    t = torch.rand(2, 3, generator=gen)
+    is_masked = torch.rand(x1.shape, generator=gen) < 0.5
+    x_t, index = x1.masked_fill(is_masked, K), is_masked.nonzero(as_tuple=True)
+
+    def loss(scale: float = 1.0):
+        rows, sub = model.head_rows(model(x_t, t, return_hidden=True), index)
+        return fused_masked_cross_entropy(rows, sub, *model.head_weights(), x1[index], chunk_rows=7).loss * scale
+
+    g1, g3 = grads(model, loss()), grads(model, loss(3.0))
+    assert_grads_close(g3, {name: 3 * g for name, g in g1.items()})
+    with torch.no_grad():
+        quiet = loss()
+    assert quiet.grad_fn is None
+    torch.testing.assert_close(quiet, loss().detach())
+
+
 def test_fused_cross_entropy_refuses_bad_inputs():
     rows, sub = torch.zeros(3, 8), torch.zeros(3, dtype=torch.long)
     weight, bias = torch.zeros(1, K, 8), torch.zeros(1, K)

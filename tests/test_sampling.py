@@ -136,6 +136,40 @@ def test_mgm_commits_exactly_the_schedule_and_only_masked_tokens(schedule):
     assert not bool((result.tokens == K).any())
 
 
+def reference_mgm(model, context, n_new, steps, schedule):
+    """Algorithm 4 the plain way: every step re-finds the masked positions and re-counts each frame."""
+    b, c, h, w = context.shape
+    x = torch.cat([context, context.new_full((b, n_new, h, w), K)], dim=1)
+    t = torch.ones(b, c + n_new)
+    t[:, c:] = 0.0
+    gen, sched, prev = torch.Generator().manual_seed(5), get_scheduler("sigmoid"), n_new * h * w
+    for n_left in masked_counts(prev, steps, schedule):
+        logits = model(x, t)[:, c:].flatten(1, 3)  # [B, N, K]
+        if prev - n_left:
+            flat = x[:, c:].reshape(b, -1)
+            pos = (flat == K).to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :prev]
+            codes, conf = sample_categorical(logits[torch.arange(b)[:, None], pos], 1.0, gen)
+            top = conf.topk(prev - n_left, dim=1, sorted=False).indices
+            flat.scatter_(1, pos.gather(1, top), codes.gather(1, top))
+            x[:, c:] = flat.view(b, n_new, h, w)
+            t[:, c:] = sched.inverse((x[:, c:] != K).float().mean(dim=(2, 3)))
+        prev = n_left
+    return x[:, c:]
+
+
+@pytest.mark.parametrize("schedule", ["arccos", "linear"])
+def test_mgm_incremental_bookkeeping_equals_recounting_every_step(schedule):
+    """The sampler updates the masked positions and frame counts from the committed tokens only; the
+    result equals re-finding them from the whole chunk at every step (same seed, same video)."""
+    model = MarkovStub(K, margin=2.0, strict=False)
+    m, n_new, steps = 2, 3, 6
+    context = torch.randint(0, K, (3, m, 4, 4), generator=torch.Generator().manual_seed(2))
+    config = SamplerConfig(sampler="mgm", sampling_steps=steps, chunk_size=m + n_new, n_context_frames=m,
+                           unmasking_schedule=schedule)
+    got = generate(model, context, m + n_new, config, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got.tokens[:, m:], reference_mgm(model, context, n_new, steps, schedule))
+
+
 def test_mgm_time_conditioning_dependent_and_independent():
     m, n_new, steps = 2, 3, 5
     scheduler = get_scheduler("sigmoid")
@@ -250,3 +284,22 @@ def test_sample_categorical_matches_softmax_and_reports_confidence():
     assert bool((hot == 2).all()) and bool((conf_hot > 0.99).all())
     tokens2, _ = sample_categorical(logits, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(tokens, tokens2)
+
+
+@pytest.mark.parametrize("k", [200, 64, 130])
+def test_sample_categorical_two_level_cdf_over_many_blocks(k):
+    """K above the block size (with a partial last block for 200 and 130): frequencies follow the softmax,
+    zero-probability classes (a whole block, block edges, the last class) are never drawn."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(k, generator=gen) * 1.5
+    zero = torch.zeros(k, dtype=torch.bool)
+    zero[0] = zero[63] = zero[k - 1] = True
+    if k >= 128:
+        zero[64:128] = True  # a whole block without mass
+    logits[zero] = -float("inf")
+    tokens, conf = sample_categorical(logits.expand(60000, k), 1.0, gen)
+    probs = torch.softmax(logits, -1)
+    freq = torch.bincount(tokens, minlength=k).float() / tokens.numel()
+    assert int(zero[tokens].sum()) == 0
+    assert float((freq - probs).abs().max()) < 0.006
+    torch.testing.assert_close(conf, probs[tokens])

@@ -502,10 +502,10 @@ class MaskFlowTransformer(nn.Module):
                 continue
             idx = order[start : start + count]
             start += count
-            part = F.linear(rows[idx], weight[s], bias[s])  # (count, K)
+            part = F.linear(rows.index_select(0, idx), weight[s], bias[s])  # (count, K)
             if out is None:
                 out = part.new_empty((rows.shape[0], part.shape[1]))
-            out[idx] = part
+            out.index_copy_(0, idx, part)  # row copies (much cheaper than advanced-index assignment on CPU)
         if out is None:  # nothing requested
             out = F.linear(rows, weight[0], bias[0])
         return out

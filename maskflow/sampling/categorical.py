@@ -1,16 +1,22 @@
 """Memory-light, seeded sampling from per-token categorical distributions given logits.
 
 ``torch.multinomial`` draws ``K`` exponential variates per token (its one-sample fast path) and needs a
-second ``[N, K]`` buffer; here one ``[..., K]`` float32 buffer holds the softmax, is turned in place into
-the CDF, and one uniform variate per token is inverted with ``torch.searchsorted``. Everything stays on
-the logits' device (no host syncs), so it serves GPU sampling loops as well as CPU ones.
+second ``[N, K]`` buffer. Here one uniform variate per token is inverted through a two-level CDF: one
+``[..., K]`` float32 buffer holds the softmax, its sums over blocks of :data:`BLOCK` classes give a short
+cumulative sum that locates the block, and only that block's ``BLOCK`` probabilities are summed
+cumulatively to locate the class. This replaces a cumulative sum over all ``K`` classes (the slowest
+pass on a CPU: about as long as the softmax itself) by one block-sum pass. Everything stays on the logits' device (no host syncs), so it serves GPU sampling
+loops as well as CPU ones.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["sample_categorical", "uniform"]
+__all__ = ["sample_categorical", "uniform", "BLOCK"]
+
+BLOCK = 64  # classes per block of the two-level CDF
 
 
 def uniform(
@@ -43,16 +49,26 @@ def sample_categorical(
     z = logits.float()
     if temperature != 1.0:
         z = z / temperature
-    cdf = z.softmax(dim=-1).contiguous()  # the one [..., K] buffer (new: the logits are not modified)
+    e = z.softmax(dim=-1)  # [..., K] (the one buffer; a new tensor: the logits are not modified)
     del z
-    cdf = cdf.cumsum_(dim=-1)  # in place: the CDF
-    total = cdf[..., -1:]  # [..., 1], 1 up to rounding
-    u = uniform(total.shape, generator, cdf.device).mul_(total)
+    block = BLOCK if k > BLOCK else k
+    if k % block:
+        e = F.pad(e, (0, block - k % block))  # zero mass in the padding: never drawn
+    blocks = e.view(*e.shape[:-1], e.shape[-1] // block, block)  # [..., nb, block]
+    cum = blocks.sum(dim=-1).cumsum_(dim=-1)  # [..., nb]: mass up to the end of each block
+    nb = cum.shape[-1]
+    total = cum[..., -1:]  # [..., 1]
+    u = uniform(total.shape, generator, e.device).mul_(total)
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # keep u < total after rounding
-    idx = torch.searchsorted(cdf, u, right=True).clamp_(max=k - 1)  # [..., 1]: first class with cdf > u
+    bi = torch.searchsorted(cum, u, right=True).clamp_(max=nb - 1)  # [..., 1]: first block ending above u
+    below = cum.gather(-1, (bi - 1).clamp(min=0)).masked_fill_(bi == 0, 0.0)  # mass before that block
+    first = torch.arange(0, bi.numel() * nb, nb, device=e.device)  # [R]: each row's first block
+    chosen = blocks.reshape(-1, block).index_select(0, first + bi.view(-1))  # [R, block]: the chosen blocks
+    inner = chosen.view(*bi.shape[:-1], block).cumsum_(dim=-1)  # [..., block]
+    r = torch.minimum(u - below, torch.nextafter(inner[..., -1:], torch.zeros_like(total)))  # inside the block
+    j = torch.searchsorted(inner, r, right=True).clamp_(max=block - 1)  # first class whose CDF exceeds r
+    idx = bi * block + j  # [..., 1]
     tokens = idx.squeeze(-1)
     if not with_confidence:
         return tokens, None
-    hi = cdf.gather(-1, idx)
-    lo = cdf.gather(-1, (idx - 1).clamp_(min=0)).masked_fill_(idx == 0, 0.0)
-    return tokens, ((hi - lo) / total).squeeze(-1)
+    return tokens, (e.gather(-1, idx) / total).squeeze(-1)

@@ -9,8 +9,10 @@ so that exactly :math:`n_i` tokens stay masked after step ``i`` (the unmasking s
 :mod:`maskflow.sampling.unmasking`). Every video of the batch has the same number of masked tokens at
 every step, so the work is batched without host syncs (the masked head's projection adds one per step
 when the patch size is above 1: the sizes of its sub-position groups): the masked positions are
-gathered into a ``[B, n_{i-1}]`` index (a stable sort), only their logits are sampled (the cost shrinks as the chunk
-fills), and one ``topk`` picks the tokens to commit. Committed tokens are final.
+kept in a ``[B, n_{i-1}]`` index (a stable sort of the previous step's), only their logits are sampled (the cost shrinks as the chunk
+fills), and one ``topk`` picks the tokens to commit. Committed tokens are final. The masked positions
+and each frame's unmasked count are updated from the committed tokens alone, so no step does work that
+grows with the whole chunk outside the backbone.
 The last step commits every remaining token, so the chunk takes exactly ``S`` passes and no mask token
 is left (Algorithm 4's early ``break`` can only trigger after the last step here).
 
@@ -78,13 +80,15 @@ def sample_chunk_mgm(
     prev = n_new * hh * ww  # masked tokens per video (the same in every video of the batch)
     flat = new.view(b, n_new * hh * ww)  # [B, N]; .view (never a copy): writing it writes x
     batch_index = torch.arange(b, device=x.device)[:, None]  # [B, 1]
+    # positions of the `prev` still-masked tokens of each video, in increasing order; kept up to date by
+    # removing the committed ones, so no step does work that grows with the whole chunk
+    pos = torch.arange(prev, device=x.device).expand(b, prev)  # [B, prev]
+    unmasked = torch.zeros(b, n_new, dtype=torch.float32, device=x.device)  # unmasked tokens per frame
     for i, n_left in enumerate(remaining):
         head = denoiser.lazy(x, t, c)  # logits of the generated frames [B, n, h, w, K], on request
         n_commit = prev - n_left
         if n_commit == 0:  # nothing left to unmask (fewer tokens than steps): the pass still counts
             continue
-        # positions of the `prev` masked tokens of each video; only their logits are sampled
-        pos = (flat == mask_id).to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :prev]  # [B, prev]
         if head.is_dense:
             rows = rearrange(head.dense(), "b f h w k -> b (f h w) k")
             if prev < flat.shape[1]:  # (at the first step every token is masked: no gather needed)
@@ -103,8 +107,13 @@ def sample_chunk_mgm(
         else:
             score = conf
         top = score.topk(n_commit, dim=1, sorted=False).indices  # [B, n_commit]: the most confident
-        flat.scatter_(1, pos.gather(1, top), codes.gather(1, top))
+        committed = pos.gather(1, top)  # [B, n_commit] positions in the chunk
+        flat.scatter_(1, committed, codes.gather(1, top))
         prev = n_left
-        if n_left:  # levels for the next pass: t_f = κ⁻¹(unmasked share of frame f)
-            t[:, c:] = scheduler.inverse((new != mask_id).float().mean(dim=(2, 3)))
+        if n_left:
+            keep = torch.ones(b, pos.shape[1], dtype=torch.int8, device=x.device).scatter_(1, top, 0)
+            pos = pos.gather(1, keep.sort(dim=1, descending=True, stable=True).indices[:, :n_left])  # order kept
+            # levels for the next pass: t_f = κ⁻¹(unmasked share of frame f)
+            unmasked.scatter_add_(1, committed.div(hh * ww, rounding_mode="floor"), conf.new_ones(committed.shape))
+            t[:, c:] = scheduler.inverse(unmasked / (hh * ww))
     return new.clone()
