@@ -17,7 +17,7 @@ with the reason in the log, the tag ``fvd_skipped`` and the metrics JSON.
 
 ``sampler=flowception`` (a checkpoint trained with ``dynamics=flowception``; docs/flowception.md) generates
 each video's length, at most ``L``. The ground truth is then N whole held-out videos from their first
-frame (:func:`experiments.heldout.whole_video_clips`; a video longer than ``L`` gives its first ``L``
+frame (:func:`pipeline.readers.load_whole_video_clips`; a video longer than ``L`` gives its first ``L``
 frames), the context their first ``m`` frames. PSNR/SSIM, token accuracy and the copy-last-frame
 baseline compare each generated video with its real one over the frames both have (frames ``m … n_i − 1``,
 ``n_i`` the shorter of the two lengths; :func:`experiments.heldout.variable_length_quality`); FVD embeds
@@ -238,12 +238,12 @@ def main(
     """
     from experiments import console, tracking
     from experiments import flowception as flowception_stack
-    from experiments.heldout import heldout_quality, variable_length_quality, whole_video_clips
+    from experiments.heldout import heldout_quality, variable_length_quality
     from experiments.sample import load_for_sampling, resolved_sampler_settings, sampler_config
     from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
     from maskflow.metrics import MIN_FRAMES, compute_fvd, video_quality_metrics
     from maskflow.sampling import expected_nfe
-    from pipeline.readers import load_eval_clips
+    from pipeline.readers import load_eval_clips, load_whole_video_clips
 
     model, state, shards, tokenizer, device = load_for_sampling(cfg)
     train_cfg = state["config"]
@@ -280,8 +280,8 @@ def main(
         if fail:
             raise RuntimeError("injected trial failure (sweep fail_trial)")
         if flowception:  # whole held-out videos from their first frame, each generated at the model's length
-            clips = whole_video_clips(shards, max_frames=num_frames, num_clips=int(cfg.num_videos), seed=int(cfg.seed),
-                                      split=str(cfg.split), min_frames=m + 1)
+            clips = load_whole_video_clips(shards, max_frames=num_frames, num_clips=int(cfg.num_videos),
+                                           seed=int(cfg.seed), split=str(cfg.split), min_frames=m + 1)
             if not clips:
                 raise ConfigError(f"no {cfg.split!r} video in {shards} has more than n_context_frames={m} frames; "
                                   "lower n_context_frames or add longer videos")

@@ -4,8 +4,8 @@
 * :func:`generate_videos` — chunkwise sampling from context tokens, decoded to frames.
 * :func:`heldout_quality` — continuations of held-out clips scored against the real continuation and
   the copy-last-frame baseline on the same clips (token accuracy, PSNR/SSIM, optionally FVD with N).
-* :func:`whole_video_clips`, :func:`variable_length_quality` — Flowception's counterparts: held-out
-  videos from their first frame, and scores over the frames a generated and a real video both have.
+* :func:`variable_length_quality` — Flowception's counterpart: scores over the frames a generated and a
+  real video both have (its clips: :func:`pipeline.readers.load_whole_video_clips`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 log = logging.getLogger("experiments.heldout")
 
 __all__ = ["validation_windows", "generate_videos", "HeldoutResult", "heldout_quality", "UNSEEN_CODE_WARNING",
-           "whole_video_clips", "variable_length_quality"]
+           "variable_length_quality"]
 
 UNSEEN_CODE_WARNING = 0.05  # share of held-out tokens with codes absent from training above which we warn
 
@@ -153,41 +153,6 @@ def _fvd(real: torch.Tensor, fake: torch.Tensor, extractor) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ Flowception: videos of the model's length
-def whole_video_clips(shards: str, *, max_frames: int, num_clips: int, seed: int, split: str = "eval",
-                      min_frames: int = 1) -> list:
-    """Held-out videos from their first frame, at most ``max_frames`` frames each: Flowception's ground
-    truth (the model generates a video's length, so a clip must start where its video starts, as the
-    whole-video training examples of :mod:`pipeline.whole_videos` do).
-
-    Segments of ``split`` with at least ``min_frames`` frames are visited in a seeded random order, one
-    clip per segment (fewer than ``num_clips`` when the split has fewer segments). A segment longer than
-    ``max_frames`` gives its first ``max_frames`` frames (the first piece of :func:`pipeline.whole_videos.video_pieces`).
-
-    Returns:
-        :class:`pipeline.readers.EvalClip` s whose ``tokens`` are int64 ``[T_i, h, w]`` with
-        ``T_i = min(segment length, max_frames)``; ``[]`` when no segment qualifies.
-
-    Raises:
-        ValueError: ``max_frames``, ``num_clips`` or ``min_frames`` below 1.
-    """
-    import numpy as np
-    import pyarrow.compute as pc
-
-    from pipeline.readers import _META_COLUMNS, EvalClip, _dataset, _read_segments
-
-    if min(int(max_frames), int(num_clips), int(min_frames)) < 1:
-        raise ValueError(f"max_frames, num_clips and min_frames must be >= 1, got {max_frames}, {num_clips}, {min_frames}")
-    ds = _dataset(shards)
-    meta = ds.to_table(columns=_META_COLUMNS, filter=(pc.field("split") == split) & (pc.field("num_frames") >= int(min_frames)))
-    rows = sorted(meta.to_pylist(), key=lambda r: (r["video_id"], r["segment"]))
-    order = np.random.default_rng(int(seed)).permutation(len(rows))[: int(num_clips)]
-    picks = [rows[int(i)] for i in order]
-    tokens = _read_segments(ds, [(r["video_id"], r["segment"]) for r in picks])
-    return [EvalClip(video_id=r["video_id"], source=r["source"], segment=int(r["segment"]), frame_start=int(r["frame_start"]),
-                     tokens=torch.from_numpy(tokens[(r["video_id"], r["segment"])][: int(max_frames)].astype(np.int64)))
-            for r in picks]
-
-
 def variable_length_quality(real_tokens: list, fake_tokens: list, n_context_frames: int, *, real_frames: list | None = None,
                             fake_frames: list | None = None) -> dict[str, Any]:
     """Continuation quality of videos of different lengths, over the frames the generated and the real

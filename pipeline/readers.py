@@ -33,6 +33,7 @@ __all__ = [
     "training_window_dataset",
     "iter_window_batches",
     "EvalClip",
+    "load_whole_video_clips",
     "load_eval_clips",
     "load_segment_tokens",
     "decode_segment",
@@ -312,13 +313,10 @@ def load_eval_clips(shard_dir: str, *, num_frames: int, num_clips: int, seed: in
         ValueError: on ``num_frames < 1`` or ``num_clips < 1``.
         FileNotFoundError: if the directory holds no shards.
     """
-    import torch
-
     if num_frames < 1 or num_clips < 1:
         raise ValueError(f"num_frames and num_clips must be >= 1, got {num_frames}, {num_clips}")
     ds = _dataset(shard_dir)
-    meta = ds.to_table(columns=_META_COLUMNS, filter=(pc.field("split") == split) & (pc.field("num_frames") >= num_frames))
-    rows = sorted(meta.to_pylist(), key=lambda r: (r["video_id"], r["segment"]))
+    rows = _segment_rows(ds, split, num_frames)
     if not rows:
         return []
     rng = np.random.default_rng(int(seed))
@@ -337,20 +335,57 @@ def load_eval_clips(shard_dir: str, *, num_frames: int, num_clips: int, seed: in
             picks.append((r, off))
             if len(picks) == min(num_clips, capacity):
                 break
+    return _clips(ds, picks, num_frames)
+
+
+def load_whole_video_clips(
+    shard_dir: str, *, max_frames: int, num_clips: int, seed: int, split: str = "eval", min_frames: int = 1
+) -> list[EvalClip]:
+    """Held-out videos from their first frame, at most ``max_frames`` frames each (Flowception's ground
+    truth: the model generates a video's length, so a clip starts where its video starts, as the
+    whole-video training examples of :mod:`pipeline.whole_videos` do).
+
+    Segments of ``split`` with at least ``min_frames`` frames, sorted by ``(video_id, segment)``, are
+    visited in a seeded random order, one clip per segment; a longer segment gives its first
+    ``max_frames`` frames.
+
+    Returns:
+        up to ``num_clips`` :class:`EvalClip` s whose ``tokens`` are int64 ``[T_i, h, w]`` with
+        ``T_i = min(segment length, max_frames)``; ``[]`` when no segment qualifies.
+
+    Raises:
+        ValueError: ``max_frames``, ``num_clips`` or ``min_frames`` below 1.
+        FileNotFoundError: if the directory holds no shards.
+    """
+    if min(int(max_frames), int(num_clips), int(min_frames)) < 1:
+        raise ValueError(f"max_frames, num_clips and min_frames must be >= 1, got {max_frames}, {num_clips}, {min_frames}")
+    ds = _dataset(shard_dir)
+    rows = _segment_rows(ds, split, int(min_frames))
+    order = np.random.default_rng(int(seed)).permutation(len(rows))[: int(num_clips)]
+    return _clips(ds, [(rows[int(i)], 0) for i in order], int(max_frames))
+
+
+def _segment_rows(ds, split: str, min_frames: int) -> list[dict[str, Any]]:
+    """Metadata rows of the segments of ``split`` with at least ``min_frames`` frames, sorted by (video, segment)."""
+    meta = ds.to_table(columns=_META_COLUMNS, filter=(pc.field("split") == split) & (pc.field("num_frames") >= min_frames))
+    return sorted(meta.to_pylist(), key=lambda r: (r["video_id"], r["segment"]))
+
+
+def _clips(ds, picks: list[tuple[dict[str, Any], int]], num_frames: int) -> list[EvalClip]:
+    """One :class:`EvalClip` per ``(row, offset)``: at most ``num_frames`` frames from ``offset``."""
+    import torch
+
     tokens = _read_segments(ds, [(r["video_id"], r["segment"]) for r, _ in picks])
-    clips = []
-    for r, off in picks:
-        t = tokens[(r["video_id"], r["segment"])]
-        clips.append(
-            EvalClip(
-                video_id=r["video_id"],
-                source=r["source"],
-                segment=int(r["segment"]),
-                frame_start=int(r["frame_start"]) + off,
-                tokens=torch.from_numpy(t[off : off + num_frames].astype(np.int64)),
-            )
+    return [
+        EvalClip(
+            video_id=r["video_id"],
+            source=r["source"],
+            segment=int(r["segment"]),
+            frame_start=int(r["frame_start"]) + off,
+            tokens=torch.from_numpy(tokens[(r["video_id"], r["segment"])][off : off + num_frames].astype(np.int64)),
         )
-    return clips
+        for r, off in picks
+    ]
 
 
 def load_segment_tokens(shard_dir: str, video_id: str, segment: int) -> "torch.Tensor":  # noqa: F821

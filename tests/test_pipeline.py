@@ -26,6 +26,7 @@ from pipeline.readers import (
     decode_segment,
     load_eval_clips,
     load_segment_tokens,
+    load_whole_video_clips,
     read_manifest,
     read_token_dataset,
     row_tokens,
@@ -239,6 +240,19 @@ def test_eval_clips_are_deterministic(job):
     assert load_eval_clips(out, num_frames=10_000, num_clips=2, seed=0) == []
     with pytest.raises(KeyError):
         load_segment_tokens(out, "no-such-video", 0)
+
+
+def test_whole_video_clips_start_at_the_segment_start_and_are_cut_at_max_frames(job):
+    out = str(job["out"])
+    clips = load_whole_video_clips(out, max_frames=20, num_clips=5, seed=3)
+    again = load_whole_video_clips(out, max_frames=20, num_clips=5, seed=3)
+    assert clips and len({(c.video_id, c.segment) for c in clips}) == len(clips)  # one clip per segment
+    for c, d in zip(clips, again):
+        seg = load_segment_tokens(out, c.video_id, c.segment)
+        assert torch.equal(c.tokens, seg[:20]) and torch.equal(c.tokens, d.tokens)  # from frame 0, <= 20 frames
+    assert load_whole_video_clips(out, max_frames=20, num_clips=2, seed=0, min_frames=10_000) == []
+    with pytest.raises(ValueError, match="max_frames"):
+        load_whole_video_clips(out, max_frames=0, num_clips=1, seed=0)
 
 
 # ================================================================================ resuming
