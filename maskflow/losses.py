@@ -40,7 +40,9 @@ class LossOutput:
 
     Attributes:
         loss: float32 scalar with grad, the weighted masked cross-entropy (eq. 7).
-        accuracy: float32 scalar without grad, top-1 accuracy over masked tokens (0 when none is masked).
+        accuracy: float32 scalar without grad, top-1 accuracy over masked tokens: the share whose target
+            logit is above every other logit (``argmax == target`` with a unique maximum; a tie counts as
+            wrong, so a zero-initialised head scores 0); 0 when none is masked.
         num_masked: number of masked tokens that entered the loss.
         masked_ce: float32 scalar without grad, the *unweighted* mean cross-entropy over masked tokens
             (nats/token; equals ``loss`` when no frame weights are given) — the curve to watch, since the
@@ -102,8 +104,10 @@ def masked_cross_entropy(
     num_masked = int(sel_targets.numel())
     loss = ce.sum() / (num_masked + eps)
     with torch.no_grad():
-        if num_masked:
-            accuracy = (sel_logits.argmax(dim=-1) == sel_targets).float().mean()
+        if num_masked:  # the target beats every other logit (a tie counts as wrong, as in the fused path)
+            target_logit = sel_logits.gather(1, sel_targets[:, None])
+            other = sel_logits.scatter(1, sel_targets[:, None], float("-inf")).amax(dim=-1, keepdim=True)
+            accuracy = (target_logit > other).float().mean()
         else:
             accuracy = torch.zeros((), device=logits.device)
     return LossOutput(loss=loss, accuracy=accuracy, num_masked=num_masked, masked_ce=masked_ce)

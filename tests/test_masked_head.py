@@ -139,6 +139,20 @@ def test_fused_cross_entropy_gradients_follow_the_incoming_gradient_and_none_und
     torch.testing.assert_close(quiet, loss().detach())
 
 
+def test_accuracy_counts_a_tie_as_wrong_in_both_paths():
+    """A zero-initialised head (every logit equal) scores accuracy 0 in the dense and the fused path,
+    not the share of targets that happen to be class 0 (what an argmax would report)."""
+    targets = torch.tensor([0, 0, 3, 5])
+    logits = torch.zeros(1, 1, 2, 2, 8)
+    is_masked = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    dense = masked_cross_entropy(logits, targets.view(1, 1, 2, 2), is_masked)
+    fused = fused_masked_cross_entropy(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), torch.zeros(1, 8, 3),
+                                       torch.zeros(1, 8), targets)
+    assert float(dense.accuracy) == float(fused.accuracy) == 0.0
+    logits[0, 0, 0, 0, 0] = 1.0  # one strict maximum at its target
+    assert float(masked_cross_entropy(logits, targets.view(1, 1, 2, 2), is_masked).accuracy) == 0.25
+
+
 def test_fused_cross_entropy_refuses_bad_inputs():
     rows, sub = torch.zeros(3, 8), torch.zeros(3, dtype=torch.long)
     weight, bias = torch.zeros(1, K, 8), torch.zeros(1, K)
