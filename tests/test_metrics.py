@@ -434,3 +434,19 @@ def test_video_quality_metrics_continuation_only():
         video_quality_metrics(real, fake[:, :5])
     with pytest.raises(ValueError, match="uint8"):
         video_quality_metrics(real.float(), fake.float())
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "size"),
+    [((1, 3, 3), (1, 2, 2), (5, 15, 16)), ((3, 3, 3), (2, 2, 2), (7, 9, 8)), ((2, 2, 2), (2, 2, 2), (5, 7, 7)),
+     ((3, 3, 3), (1, 1, 1), (4, 6, 5))],
+)
+def test_separable_same_max_pool_equals_max_pool3d(kernel, stride, size):
+    """I3D's pools (every kernel/stride of the network, odd and even sizes) give exactly F.max_pool3d's values."""
+    from maskflow.metrics.i3d import MaxPool3dSame, _same_padding
+
+    x = torch.randn(2, 3, *size)
+    ref = torch.nn.functional.max_pool3d(torch.nn.functional.pad(x, _same_padding(x.shape[2:], kernel, stride)), kernel, stride)
+    out = MaxPool3dSame(kernel, stride)(x)
+    assert out.shape == ref.shape
+    assert torch.equal(out, ref)
