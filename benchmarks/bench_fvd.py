@@ -8,7 +8,8 @@ against about 3 s of MGM sampling at ``preset=cpu`` of the reproduction). Printe
 - I3D feature extraction (bundled Kinetics-400 weights, the FVD path) on ``clips × frames`` uint8
   frames, with the separable pools and with ``F.max_pool3d`` ones, interleaved: seconds per clip and
   per frame (median of the repeats) and their ratio;
-- each of I3D's max-pool shapes on the activations it sees for that input: the separable pool of
+- each of I3D's max-pools on the activations it receives for one such clip (recorded by hooks on the
+  network): the separable pool of
   :class:`maskflow.metrics.i3d.MaxPool3dSame` against the reference ``F.max_pool3d`` on the padded
   input, interleaved (median of the repeats), their ratio, and whether the values are identical.
 """
@@ -71,20 +72,22 @@ def main() -> None:
     ratio = statistics.median(runs["separable pools"]) / statistics.median(runs["max_pool3d pools"])
     print(f"ratio separable / max_pool3d, whole I3D: {ratio:.2f}")
 
-    # the pools at the activation shapes of one clip of this length (I3D: 224 px, strides of the network)
-    t = args.frames
-    shapes = [  # (name, channels, T, H, W, kernel, stride)
-        ("MaxPool3d_2a_3x3", 64, (t + 1) // 2, 112, 112, (1, 3, 3), (1, 2, 2)),
-        ("MaxPool3d_3a_3x3", 192, (t + 1) // 2, 56, 56, (1, 3, 3), (1, 2, 2)),
-        ("Mixed_3b.b3a", 192, (t + 1) // 2, 28, 28, (3, 3, 3), (1, 1, 1)),
-        ("MaxPool3d_4a_3x3", 480, (t + 1) // 2, 28, 28, (3, 3, 3), (2, 2, 2)),
-        ("Mixed_4b.b3a", 480, (t + 3) // 4, 14, 14, (3, 3, 3), (1, 1, 1)),
-        ("MaxPool3d_5a_2x2", 832, (t + 3) // 4, 14, 14, (2, 2, 2), (2, 2, 2)),
+    # the pools at the inputs they see for one clip of this length, recorded from the network itself
+    pool_inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, inputs, name=name: pool_inputs.setdefault(name, inputs[0].clone()))
+        for name, module in extractor.model.named_modules() if isinstance(module, MaxPool3dSame)
     ]
-    print(f"{'pool':<18} {'input':<22} {'separable ms':>13} {'max_pool3d ms':>14} {'ratio':>6}  identical")
-    for name, c, tt, h, w, kernel, stride in shapes:
-        x = torch.relu(torch.randn(1, c, tt, h, w))
-        pool = MaxPool3dSame(kernel, stride)
+    try:
+        extractor(videos[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    print(f"{'pool':<24} {'input':<22} {'separable ms':>13} {'max_pool3d ms':>14} {'ratio':>6}  identical")
+    modules = dict(extractor.model.named_modules())
+    for name, x in pool_inputs.items():
+        pool = modules[name]
+        kernel, stride = pool.kernel, pool.stride
         pad = _same_padding(x.shape[2:], kernel, stride)
 
         def reference():
@@ -96,7 +99,7 @@ def main() -> None:
             ref_t.append(_median_seconds(reference, 1))
         a, b = statistics.median(new_t), statistics.median(ref_t)
         same = torch.equal(pool(x), reference())
-        print(f"{name:<18} {str(tuple(x.shape[1:])):<22} {1000 * a:>13.1f} {1000 * b:>14.1f} {a / b:>6.2f}  {same}")
+        print(f"{name:<24} {str(tuple(x.shape[1:])):<22} {1000 * a:>13.1f} {1000 * b:>14.1f} {a / b:>6.2f}  {same}")
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ class MaxPool3dSame(nn.Module):
 
     Computed separably, one axis at a time, as the maximum of ``k`` strided shifted views per axis:
     the same values as ``F.max_pool3d`` on the padded input (a maximum over a box is the maximum over
-    its axes in turn) in 0.13-0.64x of its time on CPU, where ``max_pool3d``'s kernel is slow: the whole
-    network then takes about 0.73x (``benchmarks/bench_fvd.py``).
+    its axes in turn) in 0.14-0.68x of its time on CPU, where ``max_pool3d``'s kernel is slow: the whole
+    network then takes about 0.72x (``benchmarks/bench_fvd.py``).
     """
 
     def __init__(self, kernel: Triple, stride: Triple):
