@@ -31,10 +31,16 @@ One training example (Algorithm 2, discrete), for a clean video :math:`X_1` of `
    :math:`\sum_j u_j - \rho_\kappa(t) K_j \log u_j`, is the same loss written for :math:`u = \rho_\kappa \lambda`:
    substituting gives :math:`\rho_\kappa \sum_j (\lambda_j - K_j \log \lambda_j)` plus a term free of
    :math:`\theta` — eq. 18, ``insertion_weighting='hazard'`` (the ELBO weighting). The default
-   ``'none'`` drops the factor (eq. 19, "what we use in practice"); both have the minimiser
-   :math:`\lambda_j = \mathbb E[K_j \mid X_t]` (Corollary B.3), the rate the sampler multiplies by
-   :math:`h\,\rho_\kappa(t_g)` (Algorithm 1). The model cannot know :math:`\rho_\kappa(t_g)` exactly
-   (it sees per-frame levels, not :math:`t_g`), which is why the rate is learnt per unit of hazard.
+   ``'none'`` drops the factor (eq. 19, "what we use in practice"); its minimiser is
+   :math:`\lambda_j = \mathbb E[K_j \mid X_t]` (Corollary B.3; ``'hazard'`` has the same one where
+   :math:`t_g` is a function of :math:`X_t`, e.g. the start frame's level, and the
+   :math:`\rho_\kappa`-weighted mean otherwise), the expected number of frames missing right of frame
+   ``j``. The sampler multiplies it by the probability that a pending frame is revealed during its step,
+   :math:`(\kappa(t_g) - \kappa(t_g - h)) / (1 - \kappa(t_g - h))`
+   (:func:`maskflow.sampling.flowception.step_hazard`; Algorithm 1's :math:`h\,\rho_\kappa(t_g)` to
+   first order in ``h``). The model does not see :math:`t_g` (only per-frame levels), which is why the
+   rate is learnt per unit of hazard; where the levels do not pin :math:`t_g` (a window of context
+   frames alone) it learns :math:`K_j` averaged over the :math:`\tau_g` of such training states.
 
 Reductions (appendix E, ``reduction``): ``'frame'`` (default, the one the supplementary found more
 stable) — the cross-entropy is a mean over all masked tokens of the batch and the insertion loss a

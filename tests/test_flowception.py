@@ -282,7 +282,7 @@ class OracleRates(torch.nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["poisson", "bernoulli"])
-def test_oracle_rates_give_expected_insertions_h_rho_k_per_slot(mode):
+def test_oracle_rates_give_expected_insertions_k_times_reveal_probability_per_slot(mode):
     n, present = 12, [0, 1, 4, 5, 9]  # K_j = [0, 2, 0, 3, 2]; frame 0 is the context
     pending = torch.tensor([0, 2, 0, 3, 2], dtype=torch.float32)
     reps, steps, t_g = 4000, 10, 0.3
@@ -296,7 +296,8 @@ def test_oracle_rates_give_expected_insertions_h_rho_k_per_slot(mode):
     new, clock, inserted = flowception_step(denoiser, capture, state, t_g, cfg, sched, capacity=16, generator=gen(9))
     assert clock == pytest.approx(t_g + 1 / steps) and denoiser.nfe == 1
     factor = step_hazard(sched, clock, 1 / steps)
-    assert factor == pytest.approx(float(hazard(sched, torch.tensor([clock]))[0]) / steps)
+    k0, k1 = (float(sched.kappa(torch.tensor([c], dtype=torch.float64))[0]) for c in (t_g, clock))
+    assert factor == pytest.approx((k1 - k0) / (1 - k0))  # P(a frame pending at t_g is revealed by the clock)
     # insertions per slot: new frames are the age-0 frames; each belongs to the last old frame on its left
     old = (new.age > 0) & new.frame_mask
     slot = old.long().cumsum(dim=1) - 1
@@ -422,3 +423,45 @@ def test_insertions_beyond_the_capacity_are_cut_to_fit():
     assert torch.equal(new.age[1, :3], torch.tensor([4, 4, 0]))  # the frame went right of frame 1
     assert bool((new.tokens[1, 2] == K).all()) and not bool((new.tokens[1, :2] == K).any())
     assert not new.frame_mask[2, 2:].any() and int(new.age[0].eq(0).sum()) == 2
+
+
+class PendingRates(OracleRates):
+    """All ``n − present`` missing frames of a ``n``-frame video attributed to frame 0 (the context), rate 0
+    elsewhere: the exact pending count, whatever the identities of the inserted frames."""
+
+    def forward(self, tokens, t, *, return_hidden=False, frame_mask=None, return_log_rates=False):
+        missing = (self.n - frame_mask.sum(dim=1, keepdim=True)).clamp_min(0).float()
+        rates = torch.zeros(tokens.shape[:2])
+        rates[:, :1] = missing
+        return torch.zeros(*tokens.shape, K), rates.clamp_min(1e-12).log()
+
+
+def test_step_factor_is_the_reveal_probability_of_the_step():
+    sched = get_scheduler("sigmoid")
+    kappa = lambda t: float(sched.kappa(torch.tensor([t], dtype=torch.float64))[0])  # noqa: E731
+    for t_g in (0.1, 0.5, 0.9):
+        assert step_hazard(sched, t_g, 0.1) == pytest.approx((kappa(t_g) - kappa(t_g - 0.1)) / (1 - kappa(t_g - 0.1)))
+    assert step_hazard(sched, 1.0, 0.1) == 1.0
+    # first order in h: Algorithm 1's h ρ_κ(t_g)
+    assert step_hazard(sched, 0.5, 1e-4) == pytest.approx(1e-4 * float(hazard(sched, torch.tensor([0.5]))[0]), rel=1e-3)
+    # the exact factor is a probability; h ρ_κ(t_g) at the updated clock is not (1.28 at t_g = 0.9, h = 0.1)
+    assert all(0.0 <= step_hazard(sched, k / 10, 0.1) <= 1.0 for k in range(1, 11))
+
+
+def test_present_frames_follow_kappa_of_the_clock_with_exact_pending_counts():
+    """Every frame of a video is revealed at a time of CDF κ (section A.3): with the exact expected pending
+    count as the rate, E[frames present after the step ending at t_g] = 1 + (n − 1) κ(t_g) at any step
+    size (Poisson insertion: E[inserted] = rate × the step's reveal probability)."""
+    n, reps, steps = 9, 600, 10
+    sched = get_scheduler("sigmoid")
+    cfg = SamplerConfig(sampler="flowception", sampling_steps=steps, chunk_size=16, n_context_frames=1, insertion="poisson")
+    capture = RateCapture(PendingRates(n))
+    denoiser = Denoiser(capture, scheduler=sched, head="dense", generator=gen(4))
+    state = WindowState(tokens=torch.randint(0, K, (reps, 1, H, H), generator=gen(5)), age=torch.full((reps, 1), steps),
+                        frame_mask=torch.ones(reps, 1, dtype=torch.bool), n_context=1)
+    clock, g = 0.0, gen(6)
+    for _ in range(steps - 1):  # up to t_g = 0.9 (the last step reveals everything left)
+        state, clock, _ = flowception_step(denoiser, capture, state, clock, cfg, sched, capacity=n, generator=g)
+        expected = 1 + (n - 1) * float(sched.kappa(torch.tensor([clock]))[0])
+        mean = float(state.lengths.float().mean())
+        assert mean == pytest.approx(expected, abs=0.25), (clock, mean, expected)

@@ -16,13 +16,25 @@ rate :math:`\lambda_i`, then
    a start frame inserted at :math:`t_g = 0`; a clock, so that a window of context frames alone
    also moves on);
 3. inserts fully masked frames (``t = 0``) to the right of frame ``i``:
-   ``insertion='bernoulli'`` — one with probability :math:`\min(1, h_i \lambda_i \rho_\kappa(t_g))`
-   (Algorithm 1), ``'poisson'`` — :math:`\mathrm{Poisson}(h_i \lambda_i \rho_\kappa(t_g))` of them
-   (eq. 33), where :math:`\rho_\kappa = \dot\kappa/(1-\kappa)` and
-   :math:`h_i = \min(h, 1 - t_i)` (clean frames are frozen: no insertion after them). At the step
-   where :math:`t_g` reaches 1 the hazard is singular (every pending frame is due), and
-   :math:`h\rho_\kappa` is replaced by its integral over the step, 1: ``min(1, λ_i)`` /
-   ``Poisson(λ_i)``. After that :math:`\rho_\kappa = 0` (Lemma B.1): no more insertions.
+   ``insertion='bernoulli'`` — one with probability :math:`\min(1, \lambda_i\,p_i)` (Algorithm 1),
+   ``'poisson'`` — :math:`\mathrm{Poisson}(\lambda_i\,p_i)` of them (eq. 33), where
+   :math:`p_i = (h_i/h)\,p` and
+
+   .. math:: p = \frac{\kappa(t_g) - \kappa(t_g - h)}{1 - \kappa(t_g - h)}
+             = 1 - \exp\Big(-\int_{t_g - h}^{t_g} \rho_\kappa(s)\,ds\Big)
+
+   is the probability that a pending frame, not yet revealed at the clock :math:`t_g - h` at which
+   the backbone computed :math:`\lambda_i = \mathbb E[K_i \mid X]`, is revealed during the step
+   (reveal times have CDF :math:`\kappa`, section A.3; hazard :math:`\rho_\kappa = \dot\kappa/(1-\kappa)`,
+   Lemma B.1). So :math:`\lambda_i p` is the expected number of frames the data law reveals in slot
+   ``i`` during the step, at any step size. Algorithm 1's first-order factor
+   :math:`h\rho_\kappa(t_g)` at the updated clock is the same for :math:`h \to 0`, but at the few steps
+   a discrete sampler takes it over-inserts (sigmoid :math:`\kappa`, ``S = 10``: 1.3× the exact
+   probability at the first step, 2× at :math:`t_g = 0.9`, where it exceeds 1), and the videos come
+   out too long. :math:`h_i = \min(h, 1 - t_i)` (clean frames are frozen: no insertion after them).
+   At the step where :math:`t_g` reaches 1, :math:`p = 1`: every pending frame is due
+   (``min(1, λ_i)`` / ``Poisson(λ_i)``). After that :math:`\rho_\kappa = 0` (Lemma B.1): no more
+   insertions.
    Context frames other than the last one never insert (the context is a prefix of real,
    consecutive frames); the last context frame inserts with :math:`h_i = h`.
    Insertion-rate guidance (eq. 36, ``insertion_guidance`` :math:`w_s \ne 1`):
@@ -53,7 +65,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from maskflow.flowception import hazard
 from maskflow.sampling.categorical import sample_categorical, uniform
 from maskflow.sampling.config import SamplerConfig
 from maskflow.sampling.fm import jump_unmask
@@ -140,14 +151,35 @@ class WindowState:
 
 
 def step_hazard(scheduler: Scheduler, t_g: float, h: float) -> float:
-    r"""The factor :math:`h\rho_\kappa(t_g)` of the insertion probability at clock ``t_g`` (after the update).
+    r"""Probability that a pending frame is revealed during the step that ends at clock ``t_g``.
 
-    Returns ``h ρ_κ(t_g)`` for ``t_g < 1``; 1 at ``t_g >= 1`` (the integral of the singular hazard over
-    the last step: every pending frame is due; see the module docstring).
+    The step runs from :math:`t_g - h` (the clock of the state the backbone saw when it predicted
+    :math:`\lambda`) to :math:`t_g`; reveal times have CDF :math:`\kappa` (section A.3), so a frame still
+    pending at :math:`t_g - h` is revealed during the step with probability
+
+    .. math:: \frac{\kappa(t_g) - \kappa(t_g - h)}{1 - \kappa(t_g - h)}
+              = 1 - \exp\Big(-\int_{t_g - h}^{t_g} \rho_\kappa(s)\,ds\Big),
+
+    the exact step version of Algorithm 1's :math:`h\rho_\kappa(t_g)` (equal to it to first order in
+    ``h``; the first-order factor, evaluated at the updated clock, over-estimates it, by 2× at
+    :math:`t_g = 0.9` for the sigmoid :math:`\kappa` and ``h = 0.1``). 1 at ``t_g >= 1`` (every
+    pending frame is due by then).
+
+    Args:
+        scheduler: :math:`\kappa`.
+        t_g: the clock after the step, in ``(0, 1]``.
+        h: the step, ``1 / sampling_steps``.
+
+    Returns:
+        A probability in ``[0, 1]``.
     """
     if t_g >= 1.0 - 1e-9:
         return 1.0
-    return float(h * hazard(scheduler, torch.tensor([t_g], dtype=torch.float64))[0])
+    t = torch.tensor([max(0.0, t_g - h), t_g], dtype=torch.float64)
+    k_prev, k_now = (float(x) for x in scheduler.kappa(t))
+    if k_prev >= 1.0:
+        return 1.0
+    return min(1.0, max(0.0, (k_now - k_prev) / (1.0 - k_prev)))
 
 
 def insertion_counts(
@@ -163,7 +195,8 @@ def insertion_counts(
     Args:
         rates: float ``[B, F]``, :math:`\lambda_i \ge 0`.
         can_insert: bool ``[B, F]``; ``False`` frames insert nothing.
-        factor: :math:`h_i \rho_\kappa(t_g)`: a float or float ``[B, F]`` (see :func:`step_hazard`).
+        factor: :math:`(h_i / h)\,p`, :math:`p` the step's reveal probability of a pending frame
+            (:func:`step_hazard`): a float or float ``[B, F]``.
         mode: ``'bernoulli'`` (0 or 1 with probability :math:`\min(1, \text{factor}\cdot\lambda_i)`) or
             ``'poisson'`` (:math:`\mathrm{Poisson}(\text{factor}\cdot\lambda_i)`).
         generator: randomness (same device as ``rates``).
@@ -324,7 +357,7 @@ def flowception_step(
     t_prev, t_g = t_g, min(1.0, t_g + h)
     if t_prev >= 1.0 - 1e-9:  # ρ_κ = 0 once the clock is at 1: no insertions any more
         return state, t_g, torch.zeros(b, dtype=torch.long, device=tokens.device)
-    factor = step_hazard(scheduler, t_g, h) * (h_i / h)  # h_i ρ_κ(t_g)
+    factor = step_hazard(scheduler, t_g, h) * (h_i / h)  # (h_i / h) · P(a pending frame is revealed in (t_prev, t_g])
     counts = insertion_counts(log_rates.exp(), real & (h_i > 0), factor, mode=config.insertion, generator=generator)
     state, inserted = insert_frames(state, counts, capacity=capacity, steps=steps, mask_id=mask_id, generator=generator)
     return state, t_g, inserted
