@@ -9,6 +9,8 @@ code (one of 3) and ``--sprites`` one-token sprites (codes 3–14), with
 - ``--task static``: sprites stand still (the continuation is a copy of the last context frame);
 - ``--task shift``: every sprite moves one cell to the right per frame (wrapping around): one known
   direction;
+- ``--task kinds``: each sprite moves by the velocity of its code (one of the 8 neighbour directions,
+  fixed per code): the direction is a property of the sprite kind, learnt once for every video;
 - ``--task directions``: each sprite moves by its own velocity in {−1, 0, 1}² ∖ {0} (wrapping around),
   which the model must read off the two context frames.
 
@@ -31,7 +33,8 @@ import torch.nn.functional as F
 
 from maskflow.models import build_backbone
 
-TASKS = ("static", "shift", "directions")
+TASKS = ("static", "shift", "kinds", "directions")
+DIRECTIONS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 NUM_CODES = 16  # 3 backgrounds, 12 sprite codes, one spare
 
 
@@ -46,6 +49,8 @@ def make_clips(rng: np.random.Generator, n: int, frames: int, grid: int, sprites
                 v = (0, 0)
             elif task == "shift":
                 v = (0, 1)
+            elif task == "kinds":
+                v = DIRECTIONS[int(code - 3) % len(DIRECTIONS)]
             else:
                 v = (0, 0)
                 while v == (0, 0):

@@ -259,7 +259,8 @@ def main(
     uri = tracking.resolve_tracking_uri(cfg.mlflow.tracking_uri)
     client = tracking.get_client(uri)
     name = run_name or (
-        f"flowception-n{scfg.sampling_steps}-{scfg.insertion}-g{scfg.insertion_guidance:g}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}"
+        f"flowception-n{scfg.sampling_steps}-{scfg.insertion}-g{scfg.insertion_guidance:g}-w{scfg.guidance_scale:g}"
+        f"-{scfg.blockwise_stop}-x{cfg.extrapolation}"
         if flowception else f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.resolved_stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}")
     run_id, _ = tracking.get_or_create_run(
         client, cfg.mlflow.experiment, name,

@@ -422,9 +422,11 @@ def evaluate_grid(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]],
                                                         "use_ema", "temperature", "unmasking_schedule",
                                                         "gumbel_temperature", "partial_context_level", "fvd")}
     eval_settings["fvd"] = {k: v for k, v in eval_settings["fvd"].items() if k != "cache_dir"}
+    flowception_settings = {k: to_container(base)[k] for k in ("insertion", "insertion_guidance", "unmasking", "blockwise_stop")}
     for t in grid:
         t["checkpoint"] = models[t["model"]]["checkpoint"]
-        t["key"] = settings_key({"trial": _trial_settings(t), "model": models[t["model"]]["key"], "eval": eval_settings})
+        t["key"] = settings_key({"trial": _trial_settings(t), "model": models[t["model"]]["key"], "eval": eval_settings,
+                                 **({"flowception": flowception_settings} if t["sampler"] == "flowception" else {})})
     finished = {t["key"]: rec for t in grid if (rec := _read_json(trials_dir / f"{t['key']}.json")) is not None}
     pending = [t for t in grid if t["key"] not in finished]
     log.info("evaluation grid: %d trials, %d finished before, %d to run", len(grid), len(finished), len(pending))

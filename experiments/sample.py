@@ -44,6 +44,7 @@ SAMPLER_KEYS = (
     "insertion",
     "insertion_guidance",
     "unmasking",
+    "blockwise_stop",
 )
 
 

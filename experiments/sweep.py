@@ -19,8 +19,8 @@ and the sweep goes on. Running the same command with the same ``name`` resumes a
 paper-style tables from the child runs and logs them to the parent run.
 
 Flowception (a ``dynamics=flowception`` checkpoint; docs/flowception.md) sweeps like any sampler, with its
-own settings as axes: ``insertion`` (``bernoulli``/``poisson``), ``insertion_guidance`` (``w_s``, eq. 36)
-and ``unmasking`` (``fm``/``mgm``). Each trial then also reports the generated lengths: ``length_tv``
+own settings as axes: ``insertion`` (``bernoulli``/``poisson``), ``insertion_guidance`` (``w_s``, eq. 36),
+``unmasking`` (``fm``/``mgm``) and ``blockwise_stop`` (``length``/``underfill``, beyond one window). Each trial then also reports the generated lengths: ``length_tv``
 (total-variation distance between the generated and the real length histograms, 0 = the same; a scalar
 for ``metric=length_tv mode=min``), ``mean_frames`` and ``real_mean_frames``; quality is scored over the
 frames a generated and its real video both have (:mod:`experiments.evaluate`).
@@ -54,7 +54,7 @@ __all__ = ["main", "expand_trials", "run_trial", "parse_axis", "sampled_axes", "
 
 AXES = ("sampler", "sampling_steps", "stride", "guidance_scale", "time_conditioning", "extrapolation", "seed",
         "n_context_frames", "temperature", "unmasking_schedule", "partial_context_level",
-        "insertion", "insertion_guidance", "unmasking")  # the last three: sampler=flowception
+        "insertion", "insertion_guidance", "unmasking", "blockwise_stop")  # the last four: sampler=flowception
 
 
 INTEGER_AXES = ("sampling_steps", "stride", "extrapolation", "seed", "n_context_frames")
@@ -280,7 +280,8 @@ def run_trial(config: dict[str, Any]) -> None:
 def _trial_name(index: int, trial: dict[str, Any]) -> str:
     parts = [f"{trial.get('sampler', '')}"]
     for key, short in (("sampling_steps", "n"), ("stride", "s"), ("guidance_scale", "w"), ("extrapolation", "x"),
-                       ("temperature", "T"), ("insertion", ""), ("insertion_guidance", "g"), ("unmasking", "u")):
+                       ("temperature", "T"), ("insertion", ""), ("insertion_guidance", "g"), ("unmasking", "u"),
+                       ("blockwise_stop", "")):
         if key in trial:
             value = trial[key]
             parts.append(f"{short}{value:.3g}" if isinstance(value, float) else f"{short}{value}")
@@ -288,7 +289,7 @@ def _trial_name(index: int, trial: dict[str, Any]) -> str:
 
 
 TABLE_PARAMS = ("sampler", "sampling_steps", "stride", "guidance_scale", "extrapolation", "n_context_frames",
-                "time_conditioning", "seed", "insertion", "insertion_guidance", "unmasking")
+                "time_conditioning", "seed", "insertion", "insertion_guidance", "unmasking", "blockwise_stop")
 TABLE_METRICS = ("nfe", "expected_nfe", "fvd", "fvd_n", "psnr", "ssim", "token_accuracy",
                  "copy_last_frame_token_accuracy", "wall_time_s", "length_tv", "mean_frames", "real_mean_frames")
 

@@ -386,6 +386,40 @@ def test_block_wise_generation_beyond_the_window_keeps_context_and_respects_max_
     assert max(res.frames_per_step) <= 5  # no window exceeds chunk_size frames
 
 
+class LastContextInserts(OracleRates):
+    """Only the window's last context frame (index 1) inserts, with a huge rate: Bernoulli insertion
+    adds exactly one frame per step while the clock runs (``S`` frames per window), nothing else."""
+
+    def forward(self, tokens, t, *, return_hidden=False, frame_mask=None, return_log_rates=False):
+        log_rate = torch.full(tokens.shape[:2], -30.0)
+        log_rate[:, 1] = 30.0
+        return torch.zeros(*tokens.shape, K), log_rate
+
+
+@pytest.mark.parametrize("stop", ["length", "underfill"])
+def test_block_wise_stop_rule_length_runs_windows_to_num_frames_underfill_ends_at_a_short_window(stop):
+    ctx = torch.randint(0, K, (3, 2, H, H), generator=gen(1))
+    cfg = SamplerConfig(sampler="flowception", sampling_steps=2, chunk_size=5, n_context_frames=2,
+                        blockwise_stop=stop)
+    res = generate(LastContextInserts(8), ctx, 11, cfg, generator=gen(0))
+    # every window adds S = 2 frames (4 < chunk_size = 5: never full)
+    if stop == "length":  # appendix F: blocks until num_frames (2 + 2 + 2 + 2 + 2 + 1, the last window cut to fit)
+        assert res.lengths == [11, 11, 11] and res.num_chunks == 5
+    else:
+        assert res.lengths == [4, 4, 4] and res.num_chunks == 1
+    assert torch.equal(res.tokens[:, :2], ctx)
+    with pytest.raises(ValueError, match="unknown blockwise_stop"):
+        SamplerConfig(sampler="flowception", blockwise_stop="never").validate()
+
+
+def test_block_wise_stop_length_ends_a_video_whose_window_adds_no_frame():
+    model = _rate_model(bias=-30.0)
+    ctx = torch.randint(0, K, (2, 2, H, H), generator=gen(1))
+    cfg = SamplerConfig(sampler="flowception", sampling_steps=3, chunk_size=5, n_context_frames=2)
+    res = generate(model, ctx, 20, cfg, generator=gen(0))
+    assert res.lengths == [2, 2] and res.num_chunks == 1  # no endless loop of empty windows
+
+
 def test_impossible_settings_are_refused_up_front():
     model = _rate_model()
     ctx = torch.randint(0, K, (1, 2, H, H))

@@ -24,6 +24,7 @@ __all__ = [
 SAMPLERS = ("mgm", "fm", "diffusion_forcing", "rolling", "flowception")
 INSERTIONS = ("bernoulli", "poisson")
 UNMASKINGS = ("fm", "mgm")
+BLOCKWISE_STOPS = ("length", "underfill")
 TIME_CONDITIONINGS = ("dependent", "independent")
 UNMASKING_SCHEDULES = ("arccos", "cosine", "linear")
 # Level t at which the "partial" guidance pass re-masks the context (the authors' defaults): MGM 0.3,
@@ -68,6 +69,10 @@ class SamplerConfig:
             longer videos).
         unmasking: Flowception's per-frame token rule: ``'fm'`` (Euler jumps at the frame's level) or
             ``'mgm'`` (confidence, following ``unmasking_schedule`` over the frame's age).
+        blockwise_stop: Flowception beyond one window (``num_frames > chunk_size``): ``'length'``
+            (appendix F's block-wise generation: windows follow one another until the video has
+            ``num_frames`` frames; a video ends earlier only when a window adds no frame) or
+            ``'underfill'`` (a video also ends when its window does not fill up).
     """
 
     sampler: str = "mgm"
@@ -85,6 +90,7 @@ class SamplerConfig:
     insertion: str = "bernoulli"
     insertion_guidance: float = 1.0
     unmasking: str = "fm"
+    blockwise_stop: str = "length"
 
     # ------------------------------------------------------------------ resolved values
     @property
@@ -123,6 +129,7 @@ class SamplerConfig:
         _one_of("scheduler", self.scheduler, tuple(sorted(SCHEDULERS)))
         _one_of("insertion", self.insertion, INSERTIONS)
         _one_of("unmasking", self.unmasking, UNMASKINGS)
+        _one_of("blockwise_stop", self.blockwise_stop, BLOCKWISE_STOPS)
         _positive_finite("insertion_guidance", self.insertion_guidance)
         _int_at_least("sampling_steps", self.sampling_steps, 1)
         _int_at_least("chunk_size", self.chunk_size, 2)

@@ -45,9 +45,14 @@ rate :math:`\lambda_i`, then
 The loop stops when :math:`t_g = 1` and every frame is clean (Algorithm 1's ``while min t_i < 1``).
 A window holds at most ``chunk_size`` frames: insertions that would overflow it are dropped at
 random. Videos longer than the window (``num_frames > chunk_size``) are generated block by block
-(Algorithm 3 in its sequential, block-wise form, appendix F "Long video generation"): the next window
-starts from the last ``n_context_frames`` frames as context; a video ends when its window did not
-fill up (the model stopped inserting) or it reached ``num_frames`` (then cut there).
+(Algorithm 3 in its sequential, block-wise form, appendix F "Long video generation": "we partition the
+target video into temporal blocks and sequentially sample each block conditioned on the previously
+generated frames"): the next window starts from the last ``n_context_frames`` frames as context, and
+``blockwise_stop`` says when a video ends — ``'length'`` (default, appendix F): at ``num_frames``
+(cut there), or earlier when a window adds no frame; ``'underfill'``: also as soon as a window does
+not fill up. A window is one piece of a longer video, and nothing in a piece says whether the video
+ends there, so ``'underfill'`` ends videos at the first window the insertion draws leave one frame
+short (a trained model's window from mid-video fills with probability about 0.86 at ``S = 10``).
 
 NFE is counted from the backbone calls (:class:`~maskflow.sampling.guidance.Denoiser`). Expected
 value: per window, steps :math:`= S + i_{last}` where :math:`i_{last} = \lceil S\,t_{ins}^{max}\rceil`
@@ -461,7 +466,8 @@ def generate_flowception(
         model: a backbone with a rate head (trained with ``dynamics=flowception``), eval mode.
         context: int64 ``[B, m, h, w]`` clean tokens.
         num_frames: the maximum length ``L_max`` including the context (``> m``); beyond
-            ``chunk_size`` the video is generated block by block (module docstring).
+            ``chunk_size`` the video is generated block by block, and with
+            ``config.blockwise_stop='length'`` it is the target length (module docstring).
         config: validated sampler settings with ``sampler='flowception'``.
         generator: randomness; the same seed gives the same videos.
         progress: a tqdm bar over windows.
@@ -507,7 +513,13 @@ def generate_flowception(
             room = max_len - len(videos[v])
             new = state.tokens[row, m : new_len[row]][:room]
             videos[v].extend(list(new))
-            if new_len[row] >= capacity and len(videos[v]) < max_len:  # window full: the video goes on
+            if max_len <= k:  # one window (Algorithm 1): the model chose the length
+                goes_on = False
+            elif config.blockwise_stop == "underfill":
+                goes_on = new_len[row] >= capacity
+            else:  # 'length': blocks until num_frames, unless a window adds nothing
+                goes_on = new_len[row] > m
+            if goes_on and len(videos[v]) < max_len:
                 still.append(v)
         infos.append(ChunkInfo("window", done - m, m, int(sum(new_len)) // len(active) - m, denoiser.nfe - nfe0,
                                time.perf_counter() - tw))
