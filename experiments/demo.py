@@ -242,8 +242,10 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
         f"  training    {s['train_steps']} steps, masked CE {s['loss_first']:.3f} -> {s['loss_last']:.3f} nats; "
         f"held-out validation: masked accuracy {_fmt(q['val_masked_accuracy'])}, masked CE {_fmt(q['val_masked_ce'])}",
         f"  checkpoint  {s['checkpoint']}",
-        f"  held-out    {q['heldout_clips']} clips ({q['split']} split), {q['heldout_frames']} frames from "
-        f"{s['sampler'].get('n_context_frames')} real ones: generated vs copy-last-frame baseline",
+        f"  held-out    {q['heldout_clips']} clips ({q['split']} split), "
+        f"{'up to ' if s.get('length_histogram') else ''}{q['heldout_frames']} frames from "
+        f"{s['sampler'].get('n_context_frames')} real ones: generated vs copy-last-frame baseline"
+        f"{' (over the frames both videos have)' if s.get('length_histogram') else ''}",
         f"                token accuracy  {_fmt(q['heldout_token_accuracy'])}  vs  {_fmt(q['copy_last_frame_token_accuracy'])}",
         f"                foreground acc  {_fmt(q['foreground_token_accuracy'])}  vs  "
         f"{_fmt(q['copy_last_frame_foreground_token_accuracy'])}  (non-background tokens: "

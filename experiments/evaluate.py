@@ -114,104 +114,6 @@ def _check_rate_head(model, scfg, checkpoint: Any) -> None:
             "or train with dynamics=flowception")
 
 
-def _flowception_continuations(model, tokenizer, clips, scfg, num_frames: int, *, seed: int, batch_size: int,
-                               progress=None) -> dict[str, Any]:
-    """Flowception continuations of whole held-out videos (batch ``i`` seeded ``seed + i``, as
-    :func:`experiments.heldout.heldout_quality`).
-
-    Returns:
-        ``{"real_tokens", "fake_tokens"}`` (one int64 ``[T_i, h, w]`` per video), ``{"real_frames",
-        "fake_frames"}`` (uint8 ``[T_i, H, W, 3]``; real = VQ reconstructions), ``lengths`` (generated
-        frames per video, context included), ``nfe`` (the largest batch's count) and ``wall_time_s``.
-    """
-    import time
-
-    import torch
-
-    from experiments.heldout import generate_videos
-
-    m = scfg.n_context_frames
-    real_tokens = [c.tokens.long() for c in clips]
-    fake_tokens, fake_frames, lengths, nfe = [], [], [], 0
-    bs = max(1, int(batch_size))
-    t0 = time.perf_counter()
-    for i in range(0, len(clips), bs):
-        context = torch.stack([t[:m] for t in real_tokens[i : i + bs]])
-        result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=seed + i)
-        for row, n in enumerate(result.lengths):
-            fake_tokens.append(result.tokens[row, :n].cpu())
-            fake_frames.append(frames[row, :n])
-            lengths.append(int(n))
-        nfe = max(nfe, int(result.nfe))
-        if progress is not None:
-            progress(min(i + bs, len(clips)), len(clips))
-    wall = time.perf_counter() - t0
-    with torch.inference_mode():
-        decoded = tokenizer.decode(torch.cat(real_tokens))
-    real_frames = list(torch.split(decoded, [len(t) for t in real_tokens]))
-    return {"real_tokens": real_tokens, "fake_tokens": fake_tokens, "real_frames": real_frames,
-            "fake_frames": fake_frames, "lengths": lengths, "nfe": nfe, "wall_time_s": wall}
-
-
-def _pad_videos(videos: list, num_frames: int):
-    """uint8 ``[N, num_frames, H, W, 3]``: each video followed by black frames after its end (for the
-    sample grid and the frame strip of videos of different lengths)."""
-    import torch
-
-    out = torch.zeros((len(videos), num_frames, *videos[0].shape[1:]), dtype=torch.uint8)
-    for i, v in enumerate(videos):
-        out[i, : min(len(v), num_frames)] = v[:num_frames]
-    return out
-
-
-def _features_at_own_length(extractor, videos: list) -> np.ndarray:
-    """One feature per video, each embedded at its own length (videos of equal length batched together).
-
-    Returns:
-        float64 ``[N, D]`` in the order of ``videos``.
-    """
-    from collections import defaultdict
-
-    import torch
-
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, v in enumerate(videos):
-        by_length[len(v)].append(i)
-    feats: list[Any] = [None] * len(videos)
-    for idx in by_length.values():
-        for i, f in zip(idx, extractor(torch.stack([videos[i] for i in idx]))):
-            feats[i] = f
-    return np.stack(feats)
-
-
-def _variable_length_fvd(real: list, fake: list, extractor, cache_dir: str, key: str) -> dict[str, Any]:
-    """FVD between videos of different lengths (Flowception): every clip of at least I3D's minimum length
-    embedded at its own length; shorter clips are left out and counted.
-
-    Returns:
-        ``fvd``, ``fvd_n`` (= ``fvd_num_videos``, generated clips used), ``fvd_num_real`` (real clips used),
-        ``fvd_short_videos`` (generated clips left out) and, when fewer than 2 clips of either side are
-        long enough, ``fvd = nan`` with ``fvd_skipped`` saying why.
-    """
-    from maskflow.metrics import MIN_FRAMES, GaussianStats, RealStatsCache
-    from maskflow.metrics.frechet import frechet_distance
-
-    real_ok, fake_ok = [v for v in real if len(v) >= MIN_FRAMES], [v for v in fake if len(v) >= MIN_FRAMES]
-    out: dict[str, Any] = {"fvd_n": len(fake_ok), "fvd_num_videos": len(fake_ok), "fvd_num_real": len(real_ok),
-                           "fvd_short_videos": len(fake) - len(fake_ok)}
-    if len(real_ok) < 2 or len(fake_ok) < 2:
-        out.update(fvd=float("nan"), fvd_skipped=(
-            f"FVD needs at least 2 real and 2 generated videos of >= {MIN_FRAMES} frames (I3D's minimum), got "
-            f"{len(real_ok)} real and {len(fake_ok)} generated"))
-        log.warning("no FVD: %s; fvd = nan", out["fvd_skipped"])
-        return out
-    real_stats = RealStatsCache(cache_dir).get_or_compute(
-        f"{key}-min{MIN_FRAMES}", lambda: GaussianStats.from_features(_features_at_own_length(extractor, real_ok)))
-    fake_stats = GaussianStats.from_features(_features_at_own_length(extractor, fake_ok))
-    out["fvd"] = frechet_distance(real_stats.mu, real_stats.sigma, fake_stats.mu, fake_stats.sigma)
-    return out
-
-
 def main(
     cfg: DictConfig,
     *,
@@ -297,10 +199,11 @@ def main(
         n = len(clips)
         if flowception:
             with console.Progress(f"evaluate {name}: sampling {n} videos", unit="video") as bar:
-                fc = _flowception_continuations(model, tokenizer, clips, scfg, num_frames, seed=int(cfg.seed),
+                fc = flowception_stack.continuations(model, tokenizer, clips, scfg, num_frames, seed=int(cfg.seed),
                                                 batch_size=int(cfg.batch_size), progress=bar.callback())
             wall, lengths = fc["wall_time_s"], fc["lengths"]
-            real, fake = _pad_videos(fc["real_frames"], num_frames), _pad_videos(fc["fake_frames"], num_frames)
+            real = flowception_stack.pad_videos(fc["real_frames"], num_frames)
+            fake = flowception_stack.pad_videos(fc["fake_frames"], num_frames)
             quality = variable_length_quality(fc["real_tokens"], fc["fake_tokens"], m, real_frames=fc["real_frames"],
                                               fake_frames=fc["fake_frames"])
             generated = sum(lengths) - n * m
@@ -335,7 +238,8 @@ def main(
             key = _real_stats_key(shards, tokenizer.tokenizer_id, real.shape[2], num_frames, extractor.name, clips,
                                   whole_videos=True)
             with console.Progress(f"evaluate {name}: FVD features ({extractor.name}), each video at its length", unit="step"):
-                metrics.update(_variable_length_fvd(fc["real_frames"], fc["fake_frames"], extractor, cfg.fvd.cache_dir, key))
+                metrics.update(flowception_stack.variable_length_fvd(fc["real_frames"], fc["fake_frames"], extractor,
+                                                                     cache_dir=cfg.fvd.cache_dir, key=key))
             skipped = metrics.get("fvd_skipped")
         elif num_frames < MIN_FRAMES or n < 2:
             skipped = (f"L = {num_frames} frames is below I3D's minimum of {MIN_FRAMES}" if num_frames < MIN_FRAMES

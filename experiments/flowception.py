@@ -14,6 +14,7 @@ model chose and reports the lengths (:func:`length_summary`). The method is in d
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError
+
+log = logging.getLogger("experiments.flowception")
 
 __all__ = [
     "DYNAMICS",
@@ -34,6 +37,9 @@ __all__ = [
     "ExtrasWindow",
     "length_summary",
     "length_total_variation",
+    "continuations",
+    "pad_videos",
+    "variable_length_fvd",
     "write_variable_length_sprites",
 ]
 
@@ -192,3 +198,124 @@ def write_variable_length_sprites(
             write_sprite_videos(out / f"frames_{n:03d}", num_videos=count, num_frames=n, seed=seed * 1009 + n, **sprite_kwargs)
             written += [n] * count
     return sorted(written)
+
+
+# ------------------------------------------------------------------------ held-out continuations
+def continuations(model, tokenizer, clips, scfg, num_frames: int, *, seed: int, batch_size: int,
+                  progress=None) -> dict[str, Any]:
+    """Flowception continuations of whole held-out videos (batch ``i`` seeded ``seed + i``, as
+    :func:`experiments.heldout.heldout_quality`); ``experiments.evaluate`` and ``experiments.sample``.
+
+    Args:
+        model: a backbone with a rate head, eval mode.
+        tokenizer: decodes int64 ``[N, h, w]`` tokens to uint8 ``[N, H, W, 3]`` frames.
+        clips: :class:`pipeline.readers.EvalClip` s from a video's first frame
+            (:func:`pipeline.readers.load_whole_video_clips`), each with more than
+            ``scfg.n_context_frames`` frames.
+        scfg: validated sampler settings with ``sampler='flowception'``.
+        num_frames: the maximum length ``L``.
+        seed, batch_size: randomness and videos per sampler call.
+        progress: optional ``callback(done, total)`` in videos.
+
+    Returns:
+        ``{"real_tokens", "fake_tokens"}`` (one int64 ``[T_i, h, w]`` per video), ``{"real_frames",
+        "fake_frames"}`` (uint8 ``[T_i, H, W, 3]``; real = VQ reconstructions), ``lengths`` (generated
+        frames per video, context included), ``nfe`` (the largest batch's count) and ``wall_time_s``.
+    """
+    import time
+
+    import torch
+
+    from experiments.heldout import generate_videos
+
+    m = scfg.n_context_frames
+    real_tokens = [c.tokens.long() for c in clips]
+    fake_tokens, fake_frames, lengths, nfe = [], [], [], 0
+    bs = max(1, int(batch_size))
+    t0 = time.perf_counter()
+    for i in range(0, len(clips), bs):
+        context = torch.stack([t[:m] for t in real_tokens[i : i + bs]])
+        result, frames = generate_videos(model, tokenizer, context, num_frames, scfg, seed=seed + i)
+        for row, n in enumerate(result.lengths):
+            fake_tokens.append(result.tokens[row, :n].cpu())
+            fake_frames.append(frames[row, :n])
+            lengths.append(int(n))
+        nfe = max(nfe, int(result.nfe))
+        if progress is not None:
+            progress(min(i + bs, len(clips)), len(clips))
+    wall = time.perf_counter() - t0
+    with torch.inference_mode():
+        decoded = tokenizer.decode(torch.cat(real_tokens))
+    real_frames = list(torch.split(decoded, [len(t) for t in real_tokens]))
+    return {"real_tokens": real_tokens, "fake_tokens": fake_tokens, "real_frames": real_frames,
+            "fake_frames": fake_frames, "lengths": lengths, "nfe": nfe, "wall_time_s": wall}
+
+
+def pad_videos(videos: list, num_frames: int):
+    """uint8 ``[N, num_frames, H, W, 3]``: each video (uint8 ``[T_i, H, W, 3]``) followed by black frames
+    after its end (for sample grids, frame strips and side-by-side GIFs of videos of different lengths)."""
+    import torch
+
+    out = torch.zeros((len(videos), num_frames, *videos[0].shape[1:]), dtype=torch.uint8)
+    for i, v in enumerate(videos):
+        out[i, : min(len(v), num_frames)] = v[:num_frames]
+    return out
+
+
+def _features_at_own_length(extractor, videos: list) -> np.ndarray:
+    """One feature per video, each embedded at its own length (videos of equal length batched together).
+
+    Returns:
+        float64 ``[N, D]`` in the order of ``videos``.
+    """
+    import torch
+
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, v in enumerate(videos):
+        by_length[len(v)].append(i)
+    feats: list[Any] = [None] * len(videos)
+    for idx in by_length.values():
+        for i, f in zip(idx, extractor(torch.stack([videos[i] for i in idx]))):
+            feats[i] = f
+    return np.stack(feats)
+
+
+def variable_length_fvd(real: list, fake: list, extractor, *, cache_dir: str | None = None,
+                        key: str | None = None) -> dict[str, Any]:
+    """FVD between videos of different lengths (Flowception): every clip of at least I3D's minimum length
+    embedded at its own length; shorter clips are left out and counted.
+
+    Args:
+        real, fake: uint8 ``[T_i, H, W, 3]`` videos.
+        extractor: the FVD feature network (:func:`maskflow.metrics.build_feature_extractor`).
+        cache_dir, key: where and under which key the real clips' statistics are cached; ``None``
+            computes them without a cache.
+
+    Returns:
+        ``fvd``, ``fvd_n`` (= ``fvd_num_videos``, generated clips used), ``fvd_num_real`` (real clips used),
+        ``fvd_short_videos`` (generated clips left out) and, when fewer than 2 clips of either side are
+        long enough, ``fvd = nan`` with ``fvd_skipped`` saying why.
+    """
+    from maskflow.metrics import MIN_FRAMES, GaussianStats, RealStatsCache
+    from maskflow.metrics.frechet import frechet_distance
+
+    real_ok, fake_ok = [v for v in real if len(v) >= MIN_FRAMES], [v for v in fake if len(v) >= MIN_FRAMES]
+    out: dict[str, Any] = {"fvd_n": len(fake_ok), "fvd_num_videos": len(fake_ok), "fvd_num_real": len(real_ok),
+                           "fvd_short_videos": len(fake) - len(fake_ok)}
+    if len(real_ok) < 2 or len(fake_ok) < 2:
+        out.update(fvd=float("nan"), fvd_skipped=(
+            f"FVD needs at least 2 real and 2 generated videos of >= {MIN_FRAMES} frames (I3D's minimum), got "
+            f"{len(real_ok)} real and {len(fake_ok)} generated"))
+        log.warning("no FVD: %s; fvd = nan", out["fvd_skipped"])
+        return out
+
+    def real_stats_now() -> GaussianStats:
+        return GaussianStats.from_features(_features_at_own_length(extractor, real_ok))
+
+    if cache_dir is not None and key is not None:
+        real_stats = RealStatsCache(cache_dir).get_or_compute(f"{key}-min{MIN_FRAMES}", real_stats_now)
+    else:
+        real_stats = real_stats_now()
+    fake_stats = GaussianStats.from_features(_features_at_own_length(extractor, fake_ok))
+    out["fvd"] = frechet_distance(real_stats.mu, real_stats.sigma, fake_stats.mu, fake_stats.sigma)
+    return out

@@ -9,7 +9,10 @@ generated MP4 and GIF and a side-by-side ``[real | generated]`` comparison with 
 framed in red, and logs NFE (counted), the A.2 formula's NFE, wall time and the videos to MLflow.
 When the held-out clips are long enough to hold the real continuation, the summary's ``quality`` scores
 it against the generated one next to the copy-last-frame baseline (token accuracy, PSNR/SSIM, and FVD
-with its N when ``fvd=true``; :func:`experiments.heldout.heldout_quality`).
+with its N when ``fvd=true``; :func:`experiments.heldout.heldout_quality`). ``sampler=flowception``
+continues whole held-out videos from their first frame, writes each at the length the model chose and
+scores it over the frames it and the real video both have (:func:`experiments.heldout.variable_length_quality`;
+FVD on the clips of at least I3D's 9 frames), as ``experiments.evaluate`` does.
 """
 
 from __future__ import annotations
@@ -147,16 +150,40 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     scfg = sampler_config(cfg, chunk_size, train_cfg["method"]["scheduler"])
     scfg.validate(num_frames)
     m = scfg.n_context_frames
-    clips, have_real = _context_clips(shards, str(cfg.split), num_frames if scfg.sampler != "flowception" else m, m,
-                                      int(cfg.num_videos), int(cfg.seed))  # flowception: context from videos of any length
-    have_real = have_real and scfg.sampler != "flowception"  # the model chooses the length: no frame-by-frame score
+    flowception = scfg.sampler == "flowception"
+    clips = []
+    if flowception:  # whole held-out videos from their first frame (the model learnt where videos start and end)
+        from pipeline.readers import load_whole_video_clips
+
+        clips = load_whole_video_clips(shards, max_frames=num_frames, num_clips=int(cfg.num_videos),
+                                       seed=int(cfg.seed), split=str(cfg.split), min_frames=m + 1)
+        have_real = bool(clips)
+    if not clips:  # flowception without such videos: contexts of any video, nothing to score
+        clips, have_real = _context_clips(shards, str(cfg.split), num_frames if not flowception else m, m,
+                                          int(cfg.num_videos), int(cfg.seed))
+        have_real = have_real and not flowception
     lengths = None  # Flowception: frames of each generated video
     context = torch.stack([c.tokens[:m] for c in clips]).long()
 
     t0 = time.perf_counter()
     quality: dict[str, Any] = {}
-    bar = console.Progress(f"sample: {len(clips)} videos of {num_frames} frames ({scfg.sampler})", unit="chunk")
-    if have_real and m >= 1:  # real continuations: score them next to the copy-last-frame baseline
+    bar = console.Progress(f"sample: {len(clips)} videos of {num_frames} frames ({scfg.sampler})",
+                           unit="video" if flowception else "chunk")
+    if flowception and have_real:  # the model chose each length: scored over the frames both videos have
+        from experiments.heldout import variable_length_quality
+
+        fc = flowception_stack.continuations(model, tokenizer, clips, scfg, num_frames, seed=int(cfg.seed),
+                                             batch_size=len(clips), progress=bar.callback())
+        lengths, nfe = fc["lengths"], int(fc["nfe"])
+        frames = flowception_stack.pad_videos(fc["fake_frames"], num_frames)
+        tokens = torch.stack([t[:m] for t in fc["fake_tokens"]])
+        scores = variable_length_quality(fc["real_tokens"], fc["fake_tokens"], m, real_frames=fc["real_frames"],
+                                         fake_frames=fc["fake_frames"])
+        quality = {k: v for k, v in scores.items() if not isinstance(v, list)}
+        extractor = _fvd_extractor(cfg, device)
+        if extractor is not None:
+            quality.update(flowception_stack.variable_length_fvd(fc["real_frames"], fc["fake_frames"], extractor))
+    elif have_real and m >= 1:  # real continuations: score them next to the copy-last-frame baseline
         from experiments.heldout import heldout_quality
 
         held = heldout_quality(model, tokenizer, clips, scfg, num_frames=num_frames, seed=int(cfg.seed),
@@ -189,6 +216,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         }
         if have_real:
             real = tokenizer.decode(clip.tokens).numpy()
+            if lengths:  # videos of different lengths: black frames after the shorter one's end
+                real, gen = flowception_stack.pad_videos([torch.from_numpy(real), torch.from_numpy(gen)],
+                                                         max(len(real), len(gen))).numpy()
             both = side_by_side(mark_context(real, m), mark_context(gen, m))
             entry["comparison_gif"] = str(write_gif(upscale(both, scale), out / f"{stem}_real_vs_generated.gif", fps=fps))
         videos.append(entry)
@@ -240,7 +270,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
             },
             prefix="sample/",
         )
-        real0 = tokenizer.decode(clips[0].tokens).numpy() if have_real else None
+        real0 = tokenizer.decode(clips[0].tokens) if have_real else None
+        if real0 is not None and lengths:  # the same number of frames as the generated row (black after the end)
+            real0 = flowception_stack.pad_videos([real0], num_frames)[0]
+        real0 = real0.numpy() if real0 is not None else None
         tracking.log_frame_strip(client, run_id, real0, frames[0].numpy(), m)
         for entry in videos:
             for key in ("mp4", "gif", "comparison_gif"):

@@ -66,6 +66,13 @@ def test_flowception_sample_writes_videos_of_the_generated_length(trained, tmp_p
         with av.open(video["mp4"]) as container:
             assert sum(1 for _ in container.decode(video=0)) == n
     assert 3 <= out["nfe"] <= 2 * 3 * 1  # one window: S to 2S passes
+    # held-out videos from their first frame, scored over the frames both videos have, next to copying
+    q = out["quality"]
+    assert q["num_videos"] == 2 and q["scored_videos"] == sum(n > 2 for n in lengths)
+    if q["scored_videos"]:
+        assert 0 <= q["token_accuracy"] <= 1 and 0 <= q["copy_last_frame_token_accuracy"] <= 1
+        assert {"psnr", "copy_last_frame_psnr", "ssim", "foreground_token_accuracy"} <= set(q)
+    assert all(Path(v["comparison_gif"]).is_file() for v in out["videos"])
     run = tracking.get_client().get_run(out["mlflow_run_id"])
     assert run.data.metrics["sample/max_frames"] == max(lengths)
     assert run.data.tags["sample_frames"] == ",".join(map(str, lengths))
@@ -151,7 +158,7 @@ def test_variable_length_scores_match_fixed_length_ones_and_weight_frames(tmp_pa
     over every scored frame, curves means over the videos that reach a frame, short videos left out."""
     import math
 
-    from experiments.evaluate import _variable_length_fvd
+    from experiments.flowception import variable_length_fvd
     from experiments.heldout import variable_length_quality
     from maskflow.metrics.continuation import continuation_quality
 
@@ -182,10 +189,11 @@ def test_variable_length_scores_match_fixed_length_ones_and_weight_frames(tmp_pa
             return torch.cat([v.mean(dim=(1, 2, 3)), (v[:, 1:] - v[:, :-1]).abs().mean(dim=(1, 2, 3))], 1).numpy()
 
     frames = [torch.randint(0, 255, (n, 4, 4, 3), generator=g, dtype=torch.uint8) for n in (9, 12, 10, 5)]
-    res = _variable_length_fvd(frames[:3], frames[1:], MeanColour(), tmp_path, "k")
+    res = variable_length_fvd(frames[:3], frames[1:], MeanColour(), cache_dir=tmp_path, key="k")
     assert res["fvd_num_real"] == 3 and res["fvd_n"] == 2 and res["fvd_short_videos"] == 1
     assert math.isfinite(res["fvd"]) and res["fvd"] >= 0
-    short = _variable_length_fvd(frames[:3], frames[3:], MeanColour(), tmp_path, "k")
+    assert variable_length_fvd(frames[:3], frames[1:], MeanColour())["fvd"] == pytest.approx(res["fvd"])  # no cache
+    short = variable_length_fvd(frames[:3], frames[3:], MeanColour(), cache_dir=tmp_path, key="k")
     assert math.isnan(short["fvd"]) and "9 frames" in short["fvd_skipped"]
 
 
