@@ -63,3 +63,11 @@ def test_values_parse_like_a_researcher_means(raw, value):
     from experiments.config import parse_value
 
     assert parse_value(raw) == value and type(parse_value(raw)) is type(value)
+
+
+def test_demo_patch_size_is_one_for_real_videos_two_for_sprites_unless_set():
+    from experiments.demo import patch_size
+
+    assert patch_size(load_config("demo", [])) == 2  # rendered sprites
+    assert patch_size(load_config("demo", ["videos=/some/videos"])) == 1  # real video: copy unseen codes
+    assert patch_size(load_config("demo", ["videos=/some/videos", "patch_size=2"])) == 2
