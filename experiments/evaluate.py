@@ -162,7 +162,7 @@ def main(
     client = tracking.get_client(uri)
     name = run_name or (
         f"flowception-n{scfg.sampling_steps}-{scfg.insertion}-g{scfg.insertion_guidance:g}-w{scfg.guidance_scale:g}"
-        f"-{scfg.blockwise_stop}-x{cfg.extrapolation}"
+        f"-{scfg.blockwise_stop}{'' if scfg.frame_time_power == 1 else f'-pow{scfg.frame_time_power:g}'}-x{cfg.extrapolation}"
         if flowception else f"{scfg.sampler}-n{scfg.sampling_steps}-s{scfg.resolved_stride}-w{scfg.guidance_scale:g}-x{cfg.extrapolation}")
     run_id, _ = tracking.get_or_create_run(
         client, cfg.mlflow.experiment, name,

@@ -48,6 +48,7 @@ SAMPLER_KEYS = (
     "insertion_guidance",
     "unmasking",
     "blockwise_stop",
+    "frame_time_power",
 )
 
 

@@ -20,10 +20,11 @@ paper-style tables from the child runs and logs them to the parent run.
 
 Flowception (a ``dynamics=flowception`` checkpoint; docs/flowception.md) sweeps like any sampler, with its
 own settings as axes: ``insertion`` (``bernoulli``/``poisson``), ``insertion_guidance`` (``w_s``, eq. 36),
-``unmasking`` (``fm``/``mgm``) and ``blockwise_stop`` (``length``/``underfill``, beyond one window). Each trial then also reports the generated lengths: ``length_tv``
-(total-variation distance between the generated and the real length histograms, 0 = the same; a scalar
-for ``metric=length_tv mode=min``), ``mean_frames`` and ``real_mean_frames``; quality is scored over the
-frames a generated and its real video both have (:mod:`experiments.evaluate`).
+``unmasking`` (``fm``/``mgm``), ``blockwise_stop`` (``length``/``underfill``, beyond one window) and
+``frame_time_power`` (appendix E's power schedule). Each trial then also reports the generated lengths:
+``length_tv`` (total-variation distance between the generated and the real length histograms, 0 = the
+same; a scalar for ``metric=length_tv mode=min``), ``mean_frames`` and ``real_mean_frames``; quality is
+scored over the frames a generated and its real video both have (:mod:`experiments.evaluate`).
 
     python -m experiments.sweep checkpoint=DIR name=fc-insertion 'grid=[{sampler: flowception, sampling_steps: [5, 10]}]' \
         '+axes.insertion=[bernoulli, poisson]' '+axes.insertion_guidance=[1.0, 1.5]' extrapolation=[1] \
@@ -54,7 +55,8 @@ __all__ = ["main", "expand_trials", "run_trial", "parse_axis", "sampled_axes", "
 
 AXES = ("sampler", "sampling_steps", "stride", "guidance_scale", "time_conditioning", "extrapolation", "seed",
         "n_context_frames", "temperature", "unmasking_schedule", "partial_context_level",
-        "insertion", "insertion_guidance", "unmasking", "blockwise_stop")  # the last four: sampler=flowception
+        "insertion", "insertion_guidance", "unmasking", "blockwise_stop",
+        "frame_time_power")  # the last five: sampler=flowception
 
 
 INTEGER_AXES = ("sampling_steps", "stride", "extrapolation", "seed", "n_context_frames")
@@ -281,7 +283,7 @@ def _trial_name(index: int, trial: dict[str, Any]) -> str:
     parts = [f"{trial.get('sampler', '')}"]
     for key, short in (("sampling_steps", "n"), ("stride", "s"), ("guidance_scale", "w"), ("extrapolation", "x"),
                        ("temperature", "T"), ("insertion", ""), ("insertion_guidance", "g"), ("unmasking", "u"),
-                       ("blockwise_stop", "")):
+                       ("blockwise_stop", ""), ("frame_time_power", "pow")):
         if key in trial:
             value = trial[key]
             parts.append(f"{short}{value:.3g}" if isinstance(value, float) else f"{short}{value}")
@@ -289,7 +291,8 @@ def _trial_name(index: int, trial: dict[str, Any]) -> str:
 
 
 TABLE_PARAMS = ("sampler", "sampling_steps", "stride", "guidance_scale", "extrapolation", "n_context_frames",
-                "time_conditioning", "seed", "insertion", "insertion_guidance", "unmasking", "blockwise_stop")
+                "time_conditioning", "seed", "insertion", "insertion_guidance", "unmasking", "blockwise_stop",
+                "frame_time_power")
 TABLE_METRICS = ("nfe", "expected_nfe", "fvd", "fvd_n", "psnr", "ssim", "token_accuracy",
                  "copy_last_frame_token_accuracy", "wall_time_s", "length_tv", "mean_frames", "real_mean_frames")
 

@@ -420,6 +420,46 @@ def test_block_wise_stop_length_ends_a_video_whose_window_adds_no_frame():
     assert res.lengths == [2, 2] and res.num_chunks == 1  # no endless loop of empty windows
 
 
+@pytest.mark.parametrize("unmasking", ["fm", "mgm"])
+def test_frame_time_power_sets_each_frames_level_and_every_frame_is_still_clean_after_s_steps(unmasking):
+    """Appendix E's power schedule: a frame of age a is at level (a / S)^γ (FM: the level the backbone
+    sees; MGM: the masked share follows the unmasking schedule at (a / S)^γ)."""
+    model = _rate_model(bias=0.4)
+    seen = []
+    model.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    ctx = torch.randint(0, K, (3, 2, H, H), generator=gen(1))
+    steps, power = 5, 2.0
+    cfg = SamplerConfig(sampler="flowception", sampling_steps=steps, chunk_size=7, n_context_frames=2,
+                        unmasking=unmasking, frame_time_power=power)
+    sched = get_scheduler(cfg.scheduler)
+    capture = RateCapture(model)
+    denoiser = Denoiser(capture, scheduler=sched, generator=gen(2))
+    state = sample_window(denoiser, capture, ctx, cfg, sched, capacity=7, generator=gen(2))
+    real = state.frame_mask
+    assert torch.all(state.age[real] == steps) and not (state.tokens[real] == K).any()
+    if unmasking == "fm":
+        allowed = torch.tensor([(a / steps) ** power for a in range(steps + 1)])
+        levels = torch.cat([t[:, 2:].flatten() for t in seen])
+        assert bool((levels[:, None] - allowed[None]).abs().min(dim=1).values.max() < 1e-6)
+        assert bool(((levels > 0) & (levels < 1)).any())  # frames were seen mid-way, at (a/S)^2
+    else:  # one step of a new frame: the share left masked is mask_ratio((1/S)^γ), not mask_ratio(1/S)
+        from maskflow.sampling.flowception import WindowState, flowception_step
+        from maskflow.sampling.unmasking import mask_ratio
+
+        fresh = torch.cat([ctx, torch.full_like(ctx[:, :1], K)], dim=1)
+        st = WindowState(tokens=fresh, age=torch.tensor([[steps, steps, 0]] * 3),
+                         frame_mask=torch.ones(3, 3, dtype=torch.bool), n_context=2)
+        after, _, _ = flowception_step(denoiser, capture, st, 0.0, cfg, sched, capacity=3, generator=gen(3))
+        left = (after.tokens[:, 2] == K).float().mean(dim=(1, 2))
+        def left_after_one_step(u):  # masked tokens after the step (at least one is committed per step)
+            return min(math.floor(H * H * mask_ratio(cfg.unmasking_schedule, u) + 0.5), H * H - 1) / (H * H)
+
+        want = left_after_one_step((1 / steps) ** power)
+        assert torch.allclose(left, torch.full_like(left, want)) and want != left_after_one_step(1 / steps)
+    with pytest.raises(ValueError, match="frame_time_power"):
+        SamplerConfig(sampler="flowception", frame_time_power=0).validate()
+
+
 def test_impossible_settings_are_refused_up_front():
     model = _rate_model()
     ctx = torch.randint(0, K, (1, 2, H, H))

@@ -69,6 +69,10 @@ class SamplerConfig:
             longer videos).
         unmasking: Flowception's per-frame token rule: ``'fm'`` (Euler jumps at the frame's level) or
             ``'mgm'`` (confidence, following ``unmasking_schedule`` over the frame's age).
+        frame_time_power: Flowception's framewise time reparameterisation (supplementary appendix E,
+            "Local sampling schedules"): a frame of age ``a`` steps has level ``t = (a / S)^γ`` with
+            ``γ = frame_time_power`` (``1`` = uniform; ``> 1`` smaller steps right after a frame is
+            inserted, larger ones later).
         blockwise_stop: Flowception beyond one window (``num_frames > chunk_size``): ``'length'``
             (appendix F's block-wise generation: windows follow one another until the video has
             ``num_frames`` frames; a video ends earlier only when a window adds no frame) or
@@ -90,6 +94,7 @@ class SamplerConfig:
     insertion: str = "bernoulli"
     insertion_guidance: float = 1.0
     unmasking: str = "fm"
+    frame_time_power: float = 1.0
     blockwise_stop: str = "length"
 
     # ------------------------------------------------------------------ resolved values
@@ -130,6 +135,7 @@ class SamplerConfig:
         _one_of("insertion", self.insertion, INSERTIONS)
         _one_of("unmasking", self.unmasking, UNMASKINGS)
         _one_of("blockwise_stop", self.blockwise_stop, BLOCKWISE_STOPS)
+        _positive_finite("frame_time_power", self.frame_time_power)
         _positive_finite("insertion_guidance", self.insertion_guidance)
         _int_at_least("sampling_steps", self.sampling_steps, 1)
         _int_at_least("chunk_size", self.chunk_size, 2)

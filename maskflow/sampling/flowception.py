@@ -7,10 +7,13 @@ rate :math:`\lambda_i`, then
 
 1. unmasks tokens of the generated frames with the existing per-step code: ``unmasking='fm'``
    (default) — :func:`maskflow.sampling.fm.jump_unmask` with each frame's own Euler jump probability
-   :math:`h\dot\kappa(t_i)/(1-\kappa(t_i))` (1 at the frame's last step), ``t_i`` = age × ``h``;
+   :math:`(t_i' - t_i)\,\dot\kappa(t_i)/(1-\kappa(t_i))` (1 at the frame's last step), ``t_i`` the
+   frame's level :math:`(\text{age}/S)^{\gamma_f}` and :math:`t_i'` the next one
+   (:func:`frame_time`; ``frame_time_power`` :math:`\gamma_f = 1`, the default, gives ``t_i`` =
+   age × ``h`` and steps of ``h``; appendix E's power schedule for :math:`\gamma_f > 1`);
    ``unmasking='mgm'`` — each frame commits its most confident tokens so that a share
-   :math:`\gamma(\text{age}/S)` stays masked (:func:`maskflow.sampling.unmasking.mask_ratio`), level
-   :math:`\kappa^{-1}(\text{unmasked share})` as in :mod:`maskflow.sampling.mgm`. A frame is clean
+   :math:`\gamma((\text{age}/S)^{\gamma_f})` stays masked (:func:`maskflow.sampling.unmasking.mask_ratio`),
+   level :math:`\kappa^{-1}(\text{unmasked share})` as in :mod:`maskflow.sampling.mgm`. A frame is clean
    after exactly ``S = sampling_steps`` steps of its own;
 2. advances :math:`t_g \leftarrow \min(1, t_g + h)`, ``h = 1/S`` (Algorithm 1's :math:`\max_i t_i` for
    a start frame inserted at :math:`t_g = 0`; a clock, so that a window of context frames alone
@@ -83,6 +86,7 @@ __all__ = [
     "RateCapture",
     "WindowState",
     "step_hazard",
+    "frame_time",
     "insertion_counts",
     "insert_frames",
     "flowception_step",
@@ -342,9 +346,9 @@ def flowception_step(
     gen_evolving = evolving[:, m:]
     gen_age = age[:, m:]
     if config.unmasking == "fm":
-        t_now = gen_age.float() * h
+        t_now, t_next = frame_time(gen_age, steps, config.frame_time_power), frame_time(gen_age + 1, steps, config.frame_time_power)
         rate = scheduler.d_kappa(t_now) / (1.0 - scheduler.kappa(t_now)).clamp_min(1e-12)
-        p = (h * rate).clamp(0.0, 1.0)
+        p = ((t_next - t_now) * rate).clamp(0.0, 1.0)
         p = torch.where(gen_age + 1 >= steps, torch.ones_like(p), p)
         p = torch.where(gen_evolving, p, torch.zeros_like(p))
         new = jump_unmask(gen_tokens, head, p, mask_id=mask_id, temperature=config.temperature, generator=generator)
@@ -368,11 +372,31 @@ def flowception_step(
     return state, t_g, inserted
 
 
+def frame_time(age: torch.Tensor, steps: int, power: float = 1.0) -> torch.Tensor:
+    r"""A frame's level after ``age`` of its ``S`` steps: :math:`t = (a / S)^\gamma`.
+
+    Appendix E ("Local sampling schedules") of the supplementary: each frame advances its solver
+    coordinate :math:`u = a / S` by a fixed :math:`1/S` per step and its level is :math:`t = f(u)`,
+    here the power schedule :math:`f(u) = u^\gamma`; ``γ > 1`` takes small steps in level right
+    after a frame is inserted, where it must become consistent with its neighbours, and larger ones
+    later. ``γ = 1`` is the uniform schedule.
+
+    Args:
+        age: int64 ``[...]``, steps a frame has taken (clipped to ``[0, S]``).
+        steps: ``S``.
+        power: ``γ > 0``.
+
+    Returns:
+        float32 ``[...]`` in ``[0, 1]``.
+    """
+    return (age.float().clamp(0, steps) / steps) ** float(power)
+
+
 def _levels(state: WindowState, config: SamplerConfig, scheduler: Scheduler, mask_id: int) -> torch.Tensor:
-    """Per-frame levels passed to the backbone: context 1, FM age·h, MGM κ⁻¹(unmasked share); padding 0."""
+    """Per-frame levels passed to the backbone: context 1, FM :func:`frame_time`, MGM κ⁻¹(unmasked share); padding 0."""
     steps, m = int(config.sampling_steps), state.n_context
     if config.unmasking == "fm":
-        level = (state.age.float() / steps).clamp(max=1.0)
+        level = frame_time(state.age, steps, config.frame_time_power)
     else:
         level = scheduler.inverse((state.tokens != mask_id).float().mean(dim=(2, 3)))
     level[:, :m] = 1.0
@@ -394,7 +418,8 @@ def _mgm_unmask(
     rows = head.rows(where)
     codes, conf = sample_categorical(rows, config.temperature, generator)
     steps = int(config.sampling_steps)
-    ratio = torch.tensor([mask_ratio(config.unmasking_schedule, a / steps) for a in range(steps + 1)], device=tokens.device)
+    ratio = torch.tensor([mask_ratio(config.unmasking_schedule, (a / steps) ** float(config.frame_time_power))
+                          for a in range(steps + 1)], device=tokens.device)
     target = torch.floor(n * ratio[age_after.clamp(0, steps)] + 0.5).long()  # masked tokens left after the step
     masked_now = is_masked.flatten(2).sum(dim=2)
     n_commit = (masked_now - target).clamp_min(0)
