@@ -30,9 +30,15 @@ log = logging.getLogger("experiments.report")
 __all__ = ["main", "load_runs", "render_markdown", "plot_quality", "plot_quality_vs_nfe", "FIGURES"]
 
 
+#: Flowception's own sampler settings (string-valued first; the two numeric ones are parsed as numbers).
+FLOWCEPTION_PARAMS = ("insertion", "unmasking", "blockwise_stop", "insertion_guidance", "frame_time_power")
+
+
 def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experiment: str | None = None) -> pd.DataFrame:
     """Finished evaluation runs as a DataFrame with columns ``sampler, extrapolation, stride, guidance_scale,
-    sampling_steps, time_conditioning, nfe, wall_time_s, fvd, fvd_num_videos, psnr, ssim, status, run_id``.
+    sampling_steps, time_conditioning, nfe, wall_time_s, fvd, fvd_num_videos, psnr, ssim, status, run_id``,
+    Flowception's settings (:data:`FLOWCEPTION_PARAMS`) and ``token_accuracy,
+    copy_last_frame_token_accuracy, length_tv, mean_frames, real_mean_frames`` (NaN where not logged).
 
     Raises:
         ValueError: if neither a parent run nor an experiment is given, or the experiment is unknown.
@@ -56,12 +62,13 @@ def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experi
     if df.empty:
         return df
     out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
-    for col in ("sampler", "time_conditioning"):
+    for col in ("sampler", "time_conditioning", *FLOWCEPTION_PARAMS[:3]):
         out[col] = df.get(f"params.{col}")
-    for col in ("extrapolation", "guidance_scale", "sampling_steps"):
+    for col in ("extrapolation", "guidance_scale", "sampling_steps", "insertion_guidance", "frame_time_power"):
         out[col] = pd.to_numeric(df.get(f"params.{col}"), errors="coerce")
     for col in ("nfe", "expected_nfe", "wall_time_s", "fvd", "fvd_num_videos", "psnr", "ssim", "stride_effective",
-                "num_videos"):
+                "num_videos", "token_accuracy", "copy_last_frame_token_accuracy", "length_tv", "mean_frames",
+                "real_mean_frames"):
         key = f"metrics.eval/{col}"  # experiments.evaluate logs under eval/
         out[col] = pd.to_numeric(df[key], errors="coerce") if key in df else float("nan")
     out["stride"] = out["stride_effective"]
@@ -107,9 +114,11 @@ def render_markdown(df: pd.DataFrame) -> str:
     q, qtitle = _quality(ok) if not ok.empty else ("psnr", "PSNR (dB) ↑")
     if not ok.empty:
         ok = ok.assign(guidance_scale=ok["guidance_scale"].fillna(0.0))
+    flowception = ok[ok["sampler"] == "flowception"] if not ok.empty else ok
+    ok = ok[ok["sampler"] != "flowception"] if not ok.empty else ok  # Flowception settings get their own table
     full = ok if ok.empty else ok[ok["stride"] == ok.groupby("sampler")["stride"].transform("max")]
     parts = ["# MaskFlow sweep report", "",
-             f"{len(ok)} finished evaluation runs" + (f", {failed} failed" if failed else "") +
+             f"{len(ok) + len(flowception)} finished evaluation runs" + (f", {failed} failed" if failed else "") +
              f". Quality: {qtitle}; N = videos per setting.", ""]
     t1 = _agg(full[full["guidance_scale"] == 0] if not full.empty else full, ["sampler", "extrapolation"], q)
     parts += ["## Table 1 layout — samplers across extrapolation (full sequence, s = k − m)", "",
@@ -128,7 +137,30 @@ def render_markdown(df: pd.DataFrame) -> str:
     parts += ["## Table S6 layout — NFE, wall time and quality", "",
               _table(t6, [("sampler", "Sampling mode"), ("extrapolation", "Extrapolation ×"), ("stride", "Stride s"),
                           ("nfe", "Total NFE"), ("wall_time_s", "Time (s)"), ("quality", qtitle), ("n", "N")]), ""]
+    if not flowception.empty:
+        parts += ["## Flowception — insertion settings, generated lengths and quality", "",
+                  "One row per setting (mean over seeds). Length TV: total-variation distance between the generated "
+                  "and the real length histograms (0 = the same); token accuracy over the frames the generated and "
+                  "the real video both have.", "",
+                  _table(_flowception_rows(flowception, q), [
+                      ("extrapolation", "Extrapolation ×"), ("sampling_steps", "Steps per frame"),
+                      ("insertion", "Insertion"), ("insertion_guidance", "w_s"), ("unmasking", "Unmasking"),
+                      ("blockwise_stop", "Block-wise stop"), ("frame_time_power", "γ_f"), ("nfe", "Total NFE"),
+                      ("mean_frames", "Frames"), ("real_mean_frames", "Real frames"), ("length_tv", "Length TV ↓"),
+                      ("token_accuracy", "Token acc. ↑"), ("copy_last_frame_token_accuracy", "Copy-last acc."),
+                      ("quality", qtitle), ("n", "N")]), ""]
     return "\n".join(parts)
+
+
+def _flowception_rows(df: pd.DataFrame, q: str) -> pd.DataFrame:
+    """Flowception runs grouped by their sampler settings (:data:`FLOWCEPTION_PARAMS`), means over seeds."""
+    keys = ["extrapolation", "sampling_steps", *FLOWCEPTION_PARAMS]
+    g = df.groupby(keys, dropna=False)
+    out = g.agg(nfe=("nfe", "mean"), mean_frames=("mean_frames", "mean"), real_mean_frames=("real_mean_frames", "mean"),
+                length_tv=("length_tv", "mean"), token_accuracy=("token_accuracy", "mean"),
+                copy_last_frame_token_accuracy=("copy_last_frame_token_accuracy", "mean"), quality=(q, "mean"),
+                n=("num_videos", "max"), seeds=("run_id", "count")).reset_index()
+    return out.sort_values(keys)
 
 
 #: The sweep's questions as figures: x column → (axis label, log scale, file name).

@@ -219,3 +219,12 @@ def test_sweep_runs_flowception_trials_with_length_metrics(trained, tmp_path):
     assert [r["insertion"] for r in out["trials_table"]] == ["bernoulli", "poisson"]
     assert out["best"]["insertion"] in ("bernoulli", "poisson")
     assert out["best"]["length_tv"] == min(r["length_tv"] for r in out["trials_table"])
+    # the report: one Flowception row per insertion rule with its lengths, none mixed into MaskFlow's tables
+    md = Path(out["report"]["markdown"]).read_text()
+    table1, flow = md.split("## Table 2 layout")[0], md.split("## Flowception")[1]
+    assert "_no runs for this table_" in table1
+    rows = [line for line in flow.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 2 and "bernoulli" in rows[0] and "poisson" in rows[1]
+    tv = {r["insertion"]: r["length_tv"] for r in out["trials_table"]}
+    for row, rule in zip(rows, ("bernoulli", "poisson")):
+        assert float(row.split("|")[11]) == pytest.approx(tv[rule], abs=0.005)  # the Length TV column
