@@ -346,7 +346,8 @@ def flowception_step(
     gen_evolving = evolving[:, m:]
     gen_age = age[:, m:]
     if config.unmasking == "fm":
-        t_now, t_next = frame_time(gen_age, steps, config.frame_time_power), frame_time(gen_age + 1, steps, config.frame_time_power)
+        power = config.frame_time_power
+        t_now, t_next = frame_time(gen_age, steps, power), frame_time(gen_age + 1, steps, power)
         rate = scheduler.d_kappa(t_now) / (1.0 - scheduler.kappa(t_now)).clamp_min(1e-12)
         p = ((t_next - t_now) * rate).clamp(0.0, 1.0)
         p = torch.where(gen_age + 1 >= steps, torch.ones_like(p), p)
@@ -393,7 +394,8 @@ def frame_time(age: torch.Tensor, steps: int, power: float = 1.0) -> torch.Tenso
 
 
 def _levels(state: WindowState, config: SamplerConfig, scheduler: Scheduler, mask_id: int) -> torch.Tensor:
-    """Per-frame levels passed to the backbone: context 1, FM :func:`frame_time`, MGM κ⁻¹(unmasked share); padding 0."""
+    """Per-frame levels passed to the backbone: context 1, FM :func:`frame_time`, MGM κ⁻¹(unmasked share);
+    padding 0."""
     steps, m = int(config.sampling_steps), state.n_context
     if config.unmasking == "fm":
         level = frame_time(state.age, steps, config.frame_time_power)
