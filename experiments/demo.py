@@ -255,7 +255,8 @@ def _print_summary(s: dict[str, Any], out: Path) -> None:
     lines += [
         f"  tokens      {s['shard_dir']}  ({s['segments']} segments, tokenizer {s['tokenizer_id']}, "
         f"reconstruction PSNR {psnr:.1f} dB)" if isinstance(psnr, (int, float)) else f"  tokens      {s['shard_dir']}",
-        f"  training    {s['train_steps']} steps ({s['model']['size']} backbone, patch {s['model']['patch_size']}), masked CE {s['loss_first']:.3f} -> {s['loss_last']:.3f} nats; "
+        f"  training    {s['train_steps']} steps ({s['model']['size']} backbone, patch {s['model']['patch_size']}), "
+        f"masked CE {s['loss_first']:.3f} -> {s['loss_last']:.3f} nats; "
         f"held-out validation: masked accuracy {_fmt(q['val_masked_accuracy'])}, masked CE {_fmt(q['val_masked_ce'])}",
         f"  checkpoint  {s['checkpoint']}",
         f"  held-out    {q['heldout_clips']} clips ({q['split']} split), "

@@ -253,8 +253,15 @@ def continuations(model, tokenizer, clips, scfg, num_frames: int, *, seed: int, 
 
 def pad_videos(videos: list, num_frames: int):
     """uint8 ``[N, num_frames, H, W, 3]``: each video (uint8 ``[T_i, H, W, 3]``) followed by black frames
-    after its end (for sample grids, frame strips and side-by-side GIFs of videos of different lengths)."""
+    after its end (for sample grids, frame strips and side-by-side GIFs of videos of different lengths).
+
+    Raises:
+        ValueError: no video.
+    """
     import torch
+
+    if not videos:
+        raise ValueError("pad_videos needs at least one video")
 
     out = torch.zeros((len(videos), num_frames, *videos[0].shape[1:]), dtype=torch.uint8)
     for i, v in enumerate(videos):

@@ -24,20 +24,18 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
+from maskflow.sampling.config import FLOWCEPTION_SETTINGS, SamplerConfig
+
 
 log = logging.getLogger("experiments.report")
 
 __all__ = ["main", "load_runs", "render_markdown", "plot_quality", "plot_quality_vs_nfe", "FIGURES"]
 
 
-#: Flowception's own sampler settings (string-valued first; the two numeric ones are parsed as numbers).
-FLOWCEPTION_PARAMS = ("insertion", "unmasking", "blockwise_stop", "insertion_guidance", "frame_time_power")
-
-
 def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experiment: str | None = None) -> pd.DataFrame:
     """Finished evaluation runs as a DataFrame with columns ``sampler, extrapolation, stride, guidance_scale,
     sampling_steps, time_conditioning, nfe, wall_time_s, fvd, fvd_num_videos, psnr, ssim, status, run_id``,
-    Flowception's settings (:data:`FLOWCEPTION_PARAMS`) and ``token_accuracy,
+    Flowception's settings (:data:`maskflow.sampling.config.FLOWCEPTION_SETTINGS`) and ``token_accuracy,
     copy_last_frame_token_accuracy, length_tv, mean_frames, real_mean_frames`` (NaN where not logged).
 
     Raises:
@@ -62,9 +60,10 @@ def load_runs(tracking_uri: str | None, parent_run_id: str | None = None, experi
     if df.empty:
         return df
     out = pd.DataFrame({"run_id": df["run_id"], "status": df["status"]})
-    for col in ("sampler", "time_conditioning", *FLOWCEPTION_PARAMS[:3]):
+    numeric = [k for k in FLOWCEPTION_SETTINGS if isinstance(getattr(SamplerConfig(), k), (int, float))]
+    for col in ("sampler", "time_conditioning", *(k for k in FLOWCEPTION_SETTINGS if k not in numeric)):
         out[col] = df.get(f"params.{col}")
-    for col in ("extrapolation", "guidance_scale", "sampling_steps", "insertion_guidance", "frame_time_power"):
+    for col in ("extrapolation", "guidance_scale", "sampling_steps", *numeric):
         out[col] = pd.to_numeric(df.get(f"params.{col}"), errors="coerce")
     for col in ("nfe", "expected_nfe", "wall_time_s", "fvd", "fvd_num_videos", "psnr", "ssim", "stride_effective",
                 "num_videos", "token_accuracy", "copy_last_frame_token_accuracy", "length_tv", "mean_frames",
@@ -98,12 +97,13 @@ def _table(df: pd.DataFrame, cols: list[tuple[str, str]]) -> str:
     return "\n".join([head, sep, *rows]) if rows else "_no runs for this table_"
 
 
-def _agg(df: pd.DataFrame, keys: list[str], q: str) -> pd.DataFrame:
+def _agg(df: pd.DataFrame, keys: list[str], q: str, means: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One row per ``keys`` setting: means over seeds of NFE, wall time, quality ``q`` and ``means``."""
     if df.empty:
         return df
     g = df.groupby(keys, dropna=False)
     out = g.agg(nfe=("nfe", "mean"), wall_time_s=("wall_time_s", "mean"), quality=(q, "mean"),
-                n=("num_videos", "max"), seeds=("run_id", "count")).reset_index()
+                n=("num_videos", "max"), seeds=("run_id", "count"), **{c: (c, "mean") for c in means}).reset_index()
     return out.sort_values(keys)
 
 
@@ -142,7 +142,9 @@ def render_markdown(df: pd.DataFrame) -> str:
                   "One row per setting (mean over seeds). Length TV: total-variation distance between the generated "
                   "and the real length histograms (0 = the same); token accuracy over the frames the generated and "
                   "the real video both have.", "",
-                  _table(_flowception_rows(flowception, q), [
+                  _table(_agg(flowception, ["extrapolation", "sampling_steps", *FLOWCEPTION_SETTINGS], q,
+                              means=("mean_frames", "real_mean_frames", "length_tv", "token_accuracy",
+                                     "copy_last_frame_token_accuracy")), [
                       ("extrapolation", "Extrapolation ×"), ("sampling_steps", "Steps per frame"),
                       ("insertion", "Insertion"), ("insertion_guidance", "w_s"), ("unmasking", "Unmasking"),
                       ("blockwise_stop", "Block-wise stop"), ("frame_time_power", "γ_f"), ("nfe", "Total NFE"),
@@ -150,17 +152,6 @@ def render_markdown(df: pd.DataFrame) -> str:
                       ("token_accuracy", "Token acc. ↑"), ("copy_last_frame_token_accuracy", "Copy-last acc."),
                       ("quality", qtitle), ("n", "N")]), ""]
     return "\n".join(parts)
-
-
-def _flowception_rows(df: pd.DataFrame, q: str) -> pd.DataFrame:
-    """Flowception runs grouped by their sampler settings (:data:`FLOWCEPTION_PARAMS`), means over seeds."""
-    keys = ["extrapolation", "sampling_steps", *FLOWCEPTION_PARAMS]
-    g = df.groupby(keys, dropna=False)
-    out = g.agg(nfe=("nfe", "mean"), mean_frames=("mean_frames", "mean"), real_mean_frames=("real_mean_frames", "mean"),
-                length_tv=("length_tv", "mean"), token_accuracy=("token_accuracy", "mean"),
-                copy_last_frame_token_accuracy=("copy_last_frame_token_accuracy", "mean"), quality=(q, "mean"),
-                n=("num_videos", "max"), seeds=("run_id", "count")).reset_index()
-    return out.sort_values(keys)
 
 
 #: The sweep's questions as figures: x column → (axis label, log scale, file name).

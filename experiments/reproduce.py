@@ -422,8 +422,9 @@ def evaluate_grid(cfg: DictConfig, out: Path, models: dict[str, dict[str, Any]],
                                                         "use_ema", "temperature", "unmasking_schedule",
                                                         "gumbel_temperature", "partial_context_level", "fvd")}
     eval_settings["fvd"] = {k: v for k, v in eval_settings["fvd"].items() if k != "cache_dir"}
-    flowception_settings = {k: to_container(base)[k] for k in ("insertion", "insertion_guidance", "unmasking", "blockwise_stop",
-                                                                "frame_time_power")}
+    from maskflow.sampling.config import FLOWCEPTION_SETTINGS
+
+    flowception_settings = {k: to_container(base)[k] for k in FLOWCEPTION_SETTINGS}
     for t in grid:
         t["checkpoint"] = models[t["model"]]["checkpoint"]
         t["key"] = settings_key({"trial": _trial_settings(t), "model": models[t["model"]]["key"], "eval": eval_settings,

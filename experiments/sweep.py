@@ -48,6 +48,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import ConfigError, load_config, to_container
+from maskflow.sampling.config import FLOWCEPTION_SETTINGS
 
 log = logging.getLogger("experiments.sweep")
 
@@ -55,8 +56,7 @@ __all__ = ["main", "expand_trials", "run_trial", "parse_axis", "sampled_axes", "
 
 AXES = ("sampler", "sampling_steps", "stride", "guidance_scale", "time_conditioning", "extrapolation", "seed",
         "n_context_frames", "temperature", "unmasking_schedule", "partial_context_level",
-        "insertion", "insertion_guidance", "unmasking", "blockwise_stop",
-        "frame_time_power")  # the last five: sampler=flowception
+        *FLOWCEPTION_SETTINGS)
 
 
 INTEGER_AXES = ("sampling_steps", "stride", "extrapolation", "seed", "n_context_frames")
@@ -291,8 +291,7 @@ def _trial_name(index: int, trial: dict[str, Any]) -> str:
 
 
 TABLE_PARAMS = ("sampler", "sampling_steps", "stride", "guidance_scale", "extrapolation", "n_context_frames",
-                "time_conditioning", "seed", "insertion", "insertion_guidance", "unmasking", "blockwise_stop",
-                "frame_time_power")
+                "time_conditioning", "seed", *FLOWCEPTION_SETTINGS)
 TABLE_METRICS = ("nfe", "expected_nfe", "fvd", "fvd_n", "psnr", "ssim", "token_accuracy",
                  "copy_last_frame_token_accuracy", "wall_time_s", "length_tv", "mean_frames", "real_mean_frames")
 

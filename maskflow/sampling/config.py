@@ -19,12 +19,16 @@ __all__ = [
     "TIME_CONDITIONINGS",
     "UNMASKING_SCHEDULES",
     "DEFAULT_PARTIAL_CONTEXT_LEVEL",
+    "FLOWCEPTION_SETTINGS",
 ]
 
 SAMPLERS = ("mgm", "fm", "diffusion_forcing", "rolling", "flowception")
 INSERTIONS = ("bernoulli", "poisson")
 UNMASKINGS = ("fm", "mgm")
 BLOCKWISE_STOPS = ("length", "underfill")
+#: The :class:`SamplerConfig` fields only ``sampler='flowception'`` reads (sweep axes, report columns,
+#: reproduction keys).
+FLOWCEPTION_SETTINGS = ("insertion", "insertion_guidance", "unmasking", "blockwise_stop", "frame_time_power")
 TIME_CONDITIONINGS = ("dependent", "independent")
 UNMASKING_SCHEDULES = ("arccos", "cosine", "linear")
 # Level t at which the "partial" guidance pass re-masks the context (the authors' defaults): MGM 0.3,

@@ -420,8 +420,8 @@ def _mgm_unmask(
     rows = head.rows(where)
     codes, conf = sample_categorical(rows, config.temperature, generator)
     steps = int(config.sampling_steps)
-    ratio = torch.tensor([mask_ratio(config.unmasking_schedule, (a / steps) ** float(config.frame_time_power))
-                          for a in range(steps + 1)], device=tokens.device)
+    u = frame_time(torch.arange(steps + 1), steps, config.frame_time_power).tolist()  # each age's schedule point
+    ratio = torch.tensor([mask_ratio(config.unmasking_schedule, x) for x in u], device=tokens.device)
     target = torch.floor(n * ratio[age_after.clamp(0, steps)] + 0.5).long()  # masked tokens left after the step
     masked_now = is_masked.flatten(2).sum(dim=2)
     n_commit = (masked_now - target).clamp_min(0)
