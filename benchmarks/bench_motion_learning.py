@@ -1,7 +1,8 @@
 """How many steps the backbone needs to learn to move sprites: a learning-speed probe on token grids.
 
     .venv/bin/python benchmarks/bench_motion_learning.py [--task shift] [--size small] [--patch-size 2]
-        [--steps 1500] [--sprites 4] [--lr 1e-3] [--every 100] [--threads 1]
+        [--steps 1500] [--sprites 4] [--lr 1e-3] [--every 100] [--threads 1] [--frames 4]
+        [--kind-directions 8] [--depth D] [--width W]
 
 No tokenizer, no Ray: clips of ``--frames`` frames on an ``--grid`` × ``--grid`` token grid, a background
 code (one of 3) and ``--sprites`` one-token sprites (codes 3–14), with
@@ -10,7 +11,8 @@ code (one of 3) and ``--sprites`` one-token sprites (codes 3–14), with
 - ``--task shift``: every sprite moves one cell to the right per frame (wrapping around): one known
   direction;
 - ``--task kinds``: each sprite moves by the velocity of its code (one of the 8 neighbour directions,
-  fixed per code): the direction is a property of the sprite kind, learnt once for every video;
+  fixed per code; ``--kind-directions 2`` or ``4``: right/down or right/down/left/up only): the direction
+  is a property of the sprite kind, learnt once for every video;
 - ``--task directions``: each sprite moves by its own velocity in {−1, 0, 1}² ∖ {0} (wrapping around),
   which the model must read off the two context frames.
 
@@ -34,11 +36,16 @@ import torch.nn.functional as F
 from maskflow.models import build_backbone
 
 TASKS = ("static", "shift", "kinds", "directions")
-DIRECTIONS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
+DIRECTIONS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]  # (row, column) per frame
+#: ``--task kinds --kind-directions N``: the velocities the sprite codes cycle through (2: right or down,
+#: as the demo's ``synthetic_motion=kinds``; 4: also left and up; 8: every neighbour)
+KIND_DIRECTIONS = {2: [(0, 1), (1, 0)], 4: [(0, 1), (1, 0), (0, -1), (-1, 0)], 8: DIRECTIONS}
 NUM_CODES = 16  # 3 backgrounds, 12 sprite codes, one spare
 
 
-def make_clips(rng: np.random.Generator, n: int, frames: int, grid: int, sprites: int, task: str) -> torch.Tensor:
+def make_clips(
+    rng: np.random.Generator, n: int, frames: int, grid: int, sprites: int, task: str, kind_directions: int = 8
+) -> torch.Tensor:
     """int64 ``[n, frames, grid, grid]`` clips of ``task`` (see the module docstring)."""
     x = np.repeat(rng.integers(0, 3, (n, 1, 1, 1)), frames, axis=1).repeat(grid, 2).repeat(grid, 3)
     for b in range(n):
@@ -50,7 +57,8 @@ def make_clips(rng: np.random.Generator, n: int, frames: int, grid: int, sprites
             elif task == "shift":
                 v = (0, 1)
             elif task == "kinds":
-                v = DIRECTIONS[int(code - 3) % len(DIRECTIONS)]
+                velocities = KIND_DIRECTIONS[kind_directions]
+                v = velocities[int(code - 3) % len(velocities)]
             else:
                 v = (0, 0)
                 while v == (0, 0):
@@ -65,6 +73,10 @@ def main() -> None:
     parser.add_argument("--task", choices=TASKS, default="shift")
     parser.add_argument("--size", default="small", help="backbone size (maskflow.models.MODEL_SIZES)")
     parser.add_argument("--patch-size", type=int, default=2)
+    parser.add_argument("--kind-directions", type=int, choices=sorted(KIND_DIRECTIONS), default=8,
+                        help="--task kinds: how many distinct velocities the sprite codes have")
+    parser.add_argument("--depth", type=int, default=None, help="override the size's depth (blocks)")
+    parser.add_argument("--width", type=int, default=None, help="override the size's hidden size")
     parser.add_argument("--grid", type=int, default=8)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--sprites", type=int, default=4)
@@ -79,9 +91,14 @@ def main() -> None:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    model = build_backbone(args.size, codebook_size=NUM_CODES, latent_size=args.grid, patch_size=args.patch_size)
+    overrides = {k: v for k, v in (("depth", args.depth), ("hidden_size", args.width)) if v is not None}
+    model = build_backbone(
+        args.size, codebook_size=NUM_CODES, latent_size=args.grid, patch_size=args.patch_size, **overrides
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    probe = make_clips(np.random.default_rng(args.seed + 1), 64, args.frames, args.grid, args.sprites, args.task)
+    probe = make_clips(
+        np.random.default_rng(args.seed + 1), 64, args.frames, args.grid, args.sprites, args.task, args.kind_directions
+    )
     levels = torch.zeros(args.batch_size, args.frames)
     levels[:, :2] = 1.0
 
@@ -90,8 +107,9 @@ def main() -> None:
         x[:, 2:] = model.mask_token_id
         return x
 
-    print(f"task={args.task} size={args.size} p={args.patch_size} grid={args.grid} frames={args.frames} "
-          f"sprites={args.sprites} batch={args.batch_size} lr={args.lr}")
+    kinds = f" ({args.kind_directions} directions)" if args.task == "kinds" else ""
+    print(f"task={args.task}{kinds} size={args.size} {overrides or ''} p={args.patch_size} grid={args.grid} "
+          f"frames={args.frames} sprites={args.sprites} batch={args.batch_size} lr={args.lr}")
     t0 = time.perf_counter()
     for step in range(args.steps + 1):
         if step % args.every == 0:
@@ -106,7 +124,7 @@ def main() -> None:
                   f"p(bg) {float(p[~fg].mean()):.3f}", flush=True)
         if step == args.steps:
             break
-        x = make_clips(rng, args.batch_size, args.frames, args.grid, args.sprites, args.task)
+        x = make_clips(rng, args.batch_size, args.frames, args.grid, args.sprites, args.task, args.kind_directions)
         logits = model(masked(x), levels)[:, 2:]
         loss = F.cross_entropy(logits.reshape(-1, NUM_CODES), x[:, 2:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)

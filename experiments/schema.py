@@ -119,7 +119,9 @@ TYPES: dict[str, dict[str, Any]] = {
     "evaluate": {"fps": float, "fvd.weights": str, "fvd.cache_dir": str},
     "sweep": {"name": str, "fail_trial": int, "storage_path": str, "metric": Optional[str]},
     "report": {"parent_run_id": str, "experiment": str},
-    "demo": {"videos": str, "patch_size": Optional[int]},
+    "demo": {"videos": str, "patch_size": Optional[int], "synthetic_motion": Optional[str],
+             "num_synthetic_videos": Optional[int], "model_size": Optional[str], "chunk_size": Optional[int],
+             "max_steps": Optional[int], "lr_decay": Optional[str], "extrapolation": Optional[int]},
 }
 """Types of keys whose YAML default does not tell (``null``) or tells too little (``1`` for a count of
 CPUs that may be ``0.5``); keys common to several entry points are in ``_COMMON_TYPES``."""

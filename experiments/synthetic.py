@@ -1,8 +1,9 @@
 """Moving-sprite videos the demo generates for itself, so it runs on any machine with no dataset.
 
-Each video: a plain background and 1–3 squares/discs moving at constant velocity and bouncing off the
-borders — deterministic dynamics, so a continuation has a ground truth, encoded as H.264 MP4 like any
-user video. Every video draws its background from :data:`BACKGROUNDS` and its sprite colours from
+Each video: a plain background and 1–3 squares/discs moving at constant velocity, bouncing off the
+borders or (``motion="kinds"``, the demo's default) wrapping around them with a velocity set by the
+sprite's colour — deterministic dynamics, so a continuation has a ground truth, encoded as H.264 MP4
+like any user video. Every video draws its background from :data:`BACKGROUNDS` and its sprite colours from
 :data:`PALETTE`: what a tokenizer fitted on the training videos learns (colours, edges of the sprite
 kinds over each background) is what a held-out video is made of, so held-out clips can be learned and
 evaluated (with per-video colours or gradients each video would get codes of its own).
@@ -21,7 +22,7 @@ from experiments.video_io import write_mp4
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PALETTE", "BACKGROUNDS", "MOTIONS", "render_sprite_video", "write_sprite_videos"]
+__all__ = ["PALETTE", "BACKGROUNDS", "KIND_VELOCITIES", "MOTIONS", "render_sprite_video", "write_sprite_videos"]
 
 #: sprite colours (RGB) shared by every video
 PALETTE = np.array(
@@ -31,7 +32,12 @@ PALETTE = np.array(
 BACKGROUNDS = np.array([[25, 25, 35], [55, 50, 80], [20, 60, 45]], dtype=np.float32)
 
 
-MOTIONS = ("smooth", "grid")
+#: ``motion="kinds"``: the velocity (cells per frame, (x, y)) of a sprite of each :data:`PALETTE` colour:
+#: right or down. Two directions, so the demo's CPU-sized model learns them in minutes
+#: (``benchmarks/bench_motion_learning.py``: 2 directions are learnt in about a third of the steps 8 need).
+KIND_VELOCITIES = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]], dtype=np.int64)
+
+MOTIONS = ("smooth", "grid", "kinds")
 
 
 def render_sprite_video(
@@ -54,15 +60,21 @@ def render_sprite_video(
     sprite then keeps its tokens exactly from frame to frame, shifted by its velocity: the dynamics a
     small model learns in minutes on a CPU, with a ground-truth continuation at token level.
 
-    In both, later sprites are drawn over earlier ones.
+    ``motion="kinds"``: as ``"grid"``, but a sprite's velocity is the one of its colour
+    (:data:`KIND_VELOCITIES`: one cell per frame, right or down) and sprites wrap around the borders
+    instead of bouncing. Motion is then a property of the sprite kind, the same in every video: what the
+    demo's small model learns within its CPU budget, where reading each sprite's own direction off the
+    context frames takes many times the steps (docs/training.md).
+
+    In all, later sprites are drawn over earlier ones.
 
     Args:
         seed: RNG seed; the same seed gives the same video.
         num_frames: frames ``T``.
         size: frame height and width in pixels.
         max_sprites: 1 to this many sprites.
-        motion: ``"smooth"`` or ``"grid"``.
-        grid_cells: cells per side for ``motion="grid"``; must divide ``size``.
+        motion: ``"smooth"``, ``"grid"`` or ``"kinds"``.
+        grid_cells: cells per side for ``motion="grid"`` and ``"kinds"``; must divide ``size``.
 
     Returns:
         ``uint8 [T, size, size, 3]`` RGB frames.
@@ -72,8 +84,8 @@ def render_sprite_video(
     """
     if motion not in MOTIONS:
         raise ValueError(f"motion={motion!r}: expected one of {MOTIONS}")
-    if motion == "grid":
-        return _render_grid_sprites(seed, num_frames, size, max_sprites, grid_cells)
+    if motion in ("grid", "kinds"):
+        return _render_grid_sprites(seed, num_frames, size, max_sprites, grid_cells, kinds=motion == "kinds")
     rng = np.random.default_rng(seed)
     background = np.broadcast_to(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], (size, size, 3))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -102,8 +114,10 @@ def render_sprite_video(
     return frames
 
 
-def _render_grid_sprites(seed: int, num_frames: int, size: int, max_sprites: int, cells: int) -> np.ndarray:
-    """``motion="grid"`` of :func:`render_sprite_video`."""
+def _render_grid_sprites(
+    seed: int, num_frames: int, size: int, max_sprites: int, cells: int, kinds: bool = False
+) -> np.ndarray:
+    """``motion="grid"`` (``kinds=False``) and ``motion="kinds"`` of :func:`render_sprite_video`."""
     if cells < 3 or size % cells:
         raise ValueError(f"grid_cells={cells} must be at least 3 and divide size={size}")
     cell = size // cells
@@ -115,7 +129,10 @@ def _render_grid_sprites(seed: int, num_frames: int, size: int, max_sprites: int
     vel = rng.integers(-1, 2, (n, 2))
     still = (vel == 0).all(axis=1)
     vel[still, rng.integers(0, 2, int(still.sum()))] = rng.choice([-1, 1], int(still.sum()))
-    colour = PALETTE[rng.choice(len(PALETTE), n, replace=False)]
+    kind = rng.choice(len(PALETTE), n, replace=False)
+    colour = PALETTE[kind]
+    if kinds:
+        vel = KIND_VELOCITIES[kind].copy()
     square = rng.uniform(0, 1, n) < 0.5
     shapes = []
     for i in range(n):
@@ -129,12 +146,17 @@ def _render_grid_sprites(seed: int, num_frames: int, size: int, max_sprites: int
         for i in range(n):
             x0, y0 = pos[i] * cell
             w = shapes[i].shape[0]
-            img[y0 : y0 + w, x0 : x0 + w][shapes[i]] = colour[i]
+            rows, cols = np.ix_((y0 + np.arange(w)) % size, (x0 + np.arange(w)) % size)  # wraps (kinds only)
+            patch = img[rows, cols]
+            patch[shapes[i]] = colour[i]
+            img[rows, cols] = patch
         frames[f] = img.astype(np.uint8)
         for i in range(n):
             for d in range(2):
                 nxt = pos[i, d] + vel[i, d]
-                if nxt < 0 or nxt > cells - side[i]:
+                if kinds:
+                    nxt %= cells
+                elif nxt < 0 or nxt > cells - side[i]:
                     vel[i, d] *= -1
                     nxt = pos[i, d] + vel[i, d]
                 pos[i, d] = nxt

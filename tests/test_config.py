@@ -65,9 +65,22 @@ def test_values_parse_like_a_researcher_means(raw, value):
     assert parse_value(raw) == value and type(parse_value(raw)) is type(value)
 
 
-def test_demo_patch_size_is_one_for_real_videos_two_for_sprites_unless_set():
-    from experiments.demo import patch_size
+def test_demo_null_settings_follow_the_data_unless_set():
+    from experiments.demo import resolve_defaults
 
-    assert patch_size(load_config("demo", [])) == 2  # rendered sprites
-    assert patch_size(load_config("demo", ["videos=/some/videos"])) == 1  # real video: copy unseen codes
-    assert patch_size(load_config("demo", ["videos=/some/videos", "patch_size=2"])) == 2
+    def resolved(*words):
+        return resolve_defaults(load_config("demo", list(words)))
+
+    cfg = load_config("demo", [])
+    sprites = resolve_defaults(cfg)
+    assert cfg.model_size is None, "the config passed in is not modified"
+    assert (sprites.synthetic_motion, sprites.model_size, sprites.patch_size, sprites.chunk_size) == ("kinds", "tiny", 2, 4)
+    assert sprites.extrapolation * sprites.chunk_size == 16 and sprites.num_synthetic_videos == 1024
+    videos = resolved("videos=/some/videos")  # real video: p = 1 to copy unseen codes; the settings measured there
+    assert (videos.model_size, videos.patch_size, videos.chunk_size, videos.max_steps) == ("small", 1, 8, 1000)
+    assert (videos.lr_decay, videos.extrapolation) == ("constant", 2) and videos.synthetic_motion is None
+    flow = resolved("dynamics=flowception")  # 8 frames hold the longest rendered video (flowception_lengths)
+    assert (flow.synthetic_motion, flow.model_size, flow.chunk_size, flow.num_synthetic_videos) == ("grid", "small", 8, 256)
+    assert max(flow.flowception_lengths) <= flow.chunk_size
+    mine = resolved("videos=/some/videos", "patch_size=2", "chunk_size=16", "model_size=tiny")
+    assert (mine.patch_size, mine.chunk_size, mine.model_size) == (2, 16, "tiny")

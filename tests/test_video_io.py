@@ -4,7 +4,7 @@ import decord
 import numpy as np
 import pytest
 
-from experiments.synthetic import render_sprite_video, write_sprite_videos
+from experiments.synthetic import KIND_VELOCITIES, PALETTE, render_sprite_video, write_sprite_videos
 from experiments.video_io import mark_context, side_by_side, upscale, write_gif, write_mp4
 
 
@@ -84,6 +84,27 @@ def test_grid_sprites_move_by_whole_cells_and_bounce():
         render_sprite_video(0, motion="teleport")
     with pytest.raises(ValueError, match="grid_cells"):
         render_sprite_video(0, size=64, motion="grid", grid_cells=7)
+
+
+def test_kinds_sprites_move_by_the_velocity_of_their_colour_and_wrap():
+    cells, size = 8, 64
+    cell = size // cells
+    seen = set()
+    for seed in range(40):
+        v = render_sprite_video(seed, num_frames=12, size=size, motion="kinds", grid_cells=cells)
+        values, counts = np.unique(v[0].reshape(-1, 3), axis=0, return_counts=True)
+        colours = _colours(v) - {tuple(values[counts.argmax()])}  # every colour but the background's
+        if len(colours) != 1:  # one sprite: nothing drawn over it
+            continue
+        (colour,) = colours
+        kind = int(np.nonzero((PALETTE == np.array(colour)).all(1))[0][0])
+        vx, vy = KIND_VELOCITIES[kind]
+        mask = (v == np.array(colour, np.uint8)).all(-1)  # [T, H, W]
+        for f in range(11):  # the next frame is this one shifted by the colour's velocity, wrapping around
+            assert np.array_equal(mask[f + 1], np.roll(mask[f], (vy * cell, vx * cell), axis=(0, 1))), (seed, f)
+        seen.add(kind)
+    assert len(seen) >= 4, "one-sprite videos of several colours were checked"
+    assert KIND_VELOCITIES.shape == PALETTE.shape[:1] + (2,) and (np.abs(KIND_VELOCITIES).sum(1) == 1).all()
 
 
 def _colours(frames: np.ndarray) -> set:
