@@ -62,9 +62,9 @@ def resolve_defaults(cfg: DictConfig) -> DictConfig:
       frame's next frame with 0.79 token accuracy, copying the last frame 0.97, a ``p = 1`` model 0.97);
       the sprites share every pattern between training and held-out videos, so ``p = 2`` costs half.
     - the sprites (``synthetic_motion=kinds``: each colour moves right or down, wrapping around) are
-      learnt fastest per second by the ``tiny`` model on 4-frame windows: its steps cost a quarter of the
-      ``small`` model's, and the far frames of an 8-frame window, which need sprite offsets of up to six
-      cells, hold its learning back; 1024 videos instead of 256 keep it from memorising them.
+      learnt fastest per second by the ``tiny`` model on 4-frame windows: its steps cost about a quarter
+      of the ``small`` model's, and the far frames of an 8-frame window, which need sprite offsets of up to six
+      cells, hold its learning back; with 256 videos instead of 1024 it memorises them sooner.
 
     Returns:
         A new config (``cfg`` is not modified) with ``synthetic_motion``, ``num_synthetic_videos``,
@@ -242,6 +242,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": trained["checkpoint"],
         "train_steps": trained["steps"],
         "model": {"size": str(cfg.model_size), "patch_size": int(cfg.patch_size)},
+        "settings": {key: cfg[key] for key in DATA_DEFAULTS[data_kind(cfg)]},  # what the null ones became
         "loss_first": trained["first_loss"],
         "loss_last": trained["final_loss"],
         "mlflow_tracking_uri": uri,
