@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from experiments import console
-from experiments.config import load_config
+from experiments.config import ConfigError, load_config
 
 log = logging.getLogger("experiments.demo")
 
@@ -114,21 +114,24 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         # the tokenizer's resolution, so decoding does not resize them: a bicubic resize rings around every
         # sprite edge, and k-means gives each halo (per colour, background and side) codes of its own
         patch = int(load_config("tokenize", []).tokenizer.patch_size)
-        if flowception_stack.dynamics(cfg) == "flowception":  # videos of a few distinct lengths (Figure 11)
-            flowception_stack.write_variable_length_sprites(
-                videos, int(cfg.num_synthetic_videos), list(cfg.flowception_lengths), seed=int(cfg.seed),
-                motion=str(cfg.synthetic_motion), grid_cells=int(cfg.resolution) // patch, size=int(cfg.resolution),
-            )
-        else:
-            write_sprite_videos(
-                videos,
-                num_videos=int(cfg.num_synthetic_videos),
-                num_frames=int(cfg.synthetic_frames),
-                seed=int(cfg.seed),
-                motion=str(cfg.synthetic_motion),
-                grid_cells=int(cfg.resolution) // patch,
-                size=int(cfg.resolution),
-            )
+        try:  # a directory rendered with other settings is refused (its videos would be reused)
+            if flowception_stack.dynamics(cfg) == "flowception":  # videos of a few distinct lengths (Figure 11)
+                flowception_stack.write_variable_length_sprites(
+                    videos, int(cfg.num_synthetic_videos), list(cfg.flowception_lengths), seed=int(cfg.seed),
+                    motion=str(cfg.synthetic_motion), grid_cells=int(cfg.resolution) // patch, size=int(cfg.resolution),
+                )
+            else:
+                write_sprite_videos(
+                    videos,
+                    num_videos=int(cfg.num_synthetic_videos),
+                    num_frames=int(cfg.synthetic_frames),
+                    seed=int(cfg.seed),
+                    motion=str(cfg.synthetic_motion),
+                    grid_cells=int(cfg.resolution) // patch,
+                    size=int(cfg.resolution),
+                )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     timings["videos_s"] = time.perf_counter() - t0
 
     # -------------------------------------------------------------- 2. tokenize

@@ -13,6 +13,7 @@ Run alone: ``python -m experiments.synthetic out_dir=outputs/sprites num_videos=
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -176,6 +177,10 @@ def write_sprite_videos(
 ) -> list[Path]:
     """Write ``num_videos`` sprite videos as ``sprites_XXX.mp4`` into ``out_dir``; existing files are kept.
 
+    The render settings are recorded in ``out_dir/render.json``; a directory rendered with other
+    settings is refused (its videos would silently be reused), so a rerun with the same ``out_dir``
+    reuses only videos that match.
+
     ``motion`` and ``grid_cells`` as in :func:`render_sprite_video`. The videos are H.264 4:4:4 at
     ``crf`` (0, the default, is lossless: decoded frames equal the rendered ones to ±1). Chroma
     subsampling and compression noise would make the same sprite decode differently next to different
@@ -184,9 +189,26 @@ def write_sprite_videos(
 
     Returns:
         The paths, in order.
+
+    Raises:
+        ValueError: ``out_dir`` holds videos rendered with other settings (named); nothing is written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {"num_frames": int(num_frames), "size": int(size), "fps": float(fps), "seed": int(seed),
+                "motion": str(motion), "grid_cells": int(grid_cells), "crf": int(crf)}
+    record = out / "render.json"
+    if record.exists():
+        before = json.loads(record.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"{out} holds sprite videos rendered with other settings ("
+                + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in changed.items())
+                + "); render into another directory (the demo: another out_dir)"
+            )
+    else:
+        record.write_text(json.dumps(settings, indent=1))
     paths = []
     for i in range(num_videos):
         path = out / f"sprites_{i:03d}.mp4"
