@@ -35,7 +35,8 @@ BACKGROUNDS = np.array([[25, 25, 35], [55, 50, 80], [20, 60, 45]], dtype=np.floa
 
 #: ``motion="kinds"``: the velocity (cells per frame, (x, y)) of a sprite of each :data:`PALETTE` colour:
 #: right or down. Two directions, so the demo's CPU-sized model learns them in minutes
-#: (``benchmarks/bench_motion_learning.py``: 2 directions are learnt in about a third of the steps 8 need).
+#: (``benchmarks/bench_motion_learning.py --task kinds``, ``tiny``: ``p(fg)`` 0.886 after 2000 steps with 2
+#: directions, 0.412 with 8).
 KIND_VELOCITIES = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0], [0, 1]], dtype=np.int64)
 
 MOTIONS = ("smooth", "grid", "kinds")
@@ -64,7 +65,7 @@ def render_sprite_video(
     ``motion="kinds"``: as ``"grid"``, but a sprite's velocity is the one of its colour
     (:data:`KIND_VELOCITIES`: one cell per frame, right or down) and sprites wrap around the borders
     instead of bouncing. Motion is then a property of the sprite kind, the same in every video: what the
-    demo's small model learns within its CPU budget, where reading each sprite's own direction off the
+    demo's ``tiny`` model learns within its CPU budget, where reading each sprite's own direction off the
     context frames takes many times the steps (docs/training.md).
 
     In all, later sprites are drawn over earlier ones.
