@@ -133,7 +133,7 @@ def _render_grid_sprites(
     vel[still, rng.integers(0, 2, int(still.sum()))] = rng.choice([-1, 1], int(still.sum()))
     kind = rng.choice(len(PALETTE), n, replace=False)
     colour = PALETTE[kind]
-    if kinds:
+    if kinds:  # the random velocities above are still drawn: the same seed places the same sprites
         vel = KIND_VELOCITIES[kind].copy()
     square = rng.uniform(0, 1, n) < 0.5
     shapes = []
