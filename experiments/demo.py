@@ -33,8 +33,8 @@ __all__ = ["DATA_DEFAULTS", "data_kind", "main", "resolve_defaults"]
 #: what each ``null`` setting of the demo becomes, by what it trains on: the rendered sprites (MaskFlow),
 #: the rendered variable-length sprites (``dynamics=flowception``) or the user's ``videos``
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sprites": {"synthetic_motion": "kinds", "num_synthetic_videos": 1024, "model_size": "tiny", "patch_size": 2,
-                "chunk_size": 4, "max_steps": 6000, "lr_decay": "cosine", "extrapolation": 4},
+    "sprites": {"synthetic_motion": "kinds", "num_synthetic_videos": 1024, "model_size": "tiny", "patch_size": 1,
+                "chunk_size": 3, "max_steps": 5000, "lr_decay": "cosine", "extrapolation": 5},
     "flowception": {"synthetic_motion": "grid", "num_synthetic_videos": 256, "model_size": "small", "patch_size": 2,
                     "chunk_size": 8, "max_steps": 1000, "lr_decay": "constant", "extrapolation": 2},
     "videos": {"model_size": "small", "patch_size": 1, "chunk_size": 8, "max_steps": 1000, "lr_decay": "constant",
@@ -54,17 +54,23 @@ def data_kind(cfg: DictConfig) -> str:
 def resolve_defaults(cfg: DictConfig) -> DictConfig:
     """A copy of the demo config with every ``null`` setting of :data:`DATA_DEFAULTS` filled for its data.
 
-    Why the sprites and real videos differ (measured, docs/training.md):
+    Why the settings differ by data (measured, docs/training.md):
 
-    - ``patch_size``: with real videos the held-out continuations hold 2×2 code patterns training never
-      saw, and the ``small`` backbone (width 128) cannot carry four unseen codes of one transformer token
-      through to the head (on the shared sample videos a ``p = 2`` model predicted a static held-out
-      frame's next frame with 0.79 token accuracy, copying the last frame 0.97, a ``p = 1`` model 0.97);
-      the sprites share every pattern between training and held-out videos, so ``p = 2`` costs half.
+    - ``patch_size``: 1 for the sprites and real videos, 2 for ``dynamics=flowception`` (whose figures
+      were measured with it). With real videos the held-out continuations hold 2×2 code patterns training
+      never saw, and the ``small`` backbone (width 128) cannot carry four unseen codes of one transformer
+      token through to the head (on the shared sample videos a ``p = 2`` model predicted a static held-out
+      frame's next frame with 0.79 token accuracy, copying the last frame 0.97, a ``p = 1`` model 0.97).
+      With the sprites, a ``p = 2`` model learns the moves that stay inside a transformer token but not
+      the ones that cross into the next (0.94–0.96 against 0.37–0.44 of such sprite tokens right after
+      6000 steps on 4-frame windows); at ``p = 1`` every move is one between transformer tokens, and
+      these are learnt after 2000–2500 steps.
     - the sprites (``synthetic_motion=kinds``: each colour moves right or down, wrapping around) are
-      learnt fastest per second by the ``tiny`` model on 4-frame windows: its steps cost about a quarter
-      of the ``small`` model's, and the far frames of an 8-frame window, which need sprite offsets of up to six
-      cells, hold its learning back; with 256 videos instead of 1024 it memorises them sooner.
+      learnt fastest per second by the ``tiny`` model (its steps cost about a quarter of the ``small``
+      model's) on 3-frame windows: with ``n_context_frames = 2`` each chunk then makes one new frame, always
+      the next one (a sprite one cell on), and the training windows with both context frames clean
+      supervise exactly that; the far frames of longer windows need offsets of two and more cells, which
+      are learnt later and hold the rest back. With 256 videos instead of 1024 it memorises them sooner.
 
     Returns:
         A new config (``cfg`` is not modified) with ``synthetic_motion``, ``num_synthetic_videos``,

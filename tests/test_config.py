@@ -75,14 +75,15 @@ def test_demo_null_settings_follow_the_data_unless_set():
     sprites = resolve_defaults(cfg)
     assert cfg.model_size is None, "the config passed in is not modified"
     assert (sprites.synthetic_motion, sprites.model_size) == ("kinds", "tiny")
-    assert (sprites.patch_size, sprites.chunk_size) == (2, 4)
-    assert sprites.extrapolation * sprites.chunk_size == 16 and sprites.num_synthetic_videos == 1024
+    assert (sprites.patch_size, sprites.chunk_size) == (1, 3)  # p = 2 leaves moves into the next patch unlearnt
+    assert sprites.n_context_frames == sprites.chunk_size - 1  # one new frame per chunk: always the next frame
+    assert sprites.extrapolation * sprites.chunk_size == 15 and sprites.num_synthetic_videos == 1024
     videos = resolved("videos=/some/videos")  # real video: p = 1 to copy unseen codes; the settings measured there
     assert (videos.model_size, videos.patch_size, videos.chunk_size, videos.max_steps) == ("small", 1, 8, 1000)
     assert (videos.lr_decay, videos.extrapolation) == ("constant", 2) and videos.synthetic_motion is None
     flow = resolved("dynamics=flowception")  # 8 frames hold the longest rendered video (flowception_lengths)
     assert (flow.synthetic_motion, flow.model_size) == ("grid", "small")
-    assert (flow.chunk_size, flow.num_synthetic_videos) == (8, 256)
+    assert (flow.chunk_size, flow.num_synthetic_videos, flow.patch_size) == (8, 256, 2)
     assert max(flow.flowception_lengths) <= flow.chunk_size
     mine = resolved("videos=/some/videos", "patch_size=2", "chunk_size=16", "model_size=tiny")
     assert (mine.patch_size, mine.chunk_size, mine.model_size) == (2, 16, "tiny")
