@@ -179,8 +179,8 @@ def write_sprite_videos(
     """Write ``num_videos`` sprite videos as ``sprites_XXX.mp4`` into ``out_dir``; existing files are kept.
 
     The render settings are recorded in ``out_dir/render.json``; a directory rendered with other
-    settings is refused (its videos would silently be reused), so a rerun with the same ``out_dir``
-    reuses only videos that match.
+    settings, or holding ``sprites_*.mp4`` with no record of how they were rendered, is refused (its
+    videos would silently be reused), so a rerun with the same ``out_dir`` reuses only videos that match.
 
     ``motion`` and ``grid_cells`` as in :func:`render_sprite_video`. The videos are H.264 4:4:4 at
     ``crf`` (0, the default, is lossless: decoded frames equal the rendered ones to ±1). Chroma
@@ -192,7 +192,8 @@ def write_sprite_videos(
         The paths, in order.
 
     Raises:
-        ValueError: ``out_dir`` holds videos rendered with other settings (named); nothing is written.
+        ValueError: ``out_dir`` holds videos rendered with other settings (named) or sprite videos with no
+            ``render.json``; nothing is written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +209,11 @@ def write_sprite_videos(
                 + ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in changed.items())
                 + "); render into another directory (the demo: another out_dir)"
             )
+    elif any(out.glob("sprites_*.mp4")):
+        raise ValueError(
+            f"{out} holds sprite videos with no record of their render settings ({record.name}); "
+            "render into another directory (the demo: another out_dir)"
+        )
     else:
         record.write_text(json.dumps(settings, indent=1))
     paths = []

@@ -61,6 +61,11 @@ def test_write_sprite_videos_keeps_existing_files(tmp_path):
         write_sprite_videos(tmp_path, num_videos=3, num_frames=6, size=32, motion="kinds", grid_cells=8)
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [p.name for p in paths]
     assert paths[0].stat().st_mtime_ns == mtime
+    # videos whose settings were never recorded cannot be vouched for either
+    (tmp_path / "render.json").unlink()
+    with pytest.raises(ValueError, match="no record of their render settings"):
+        write_sprite_videos(tmp_path, num_videos=2, num_frames=6, size=32)
+    assert not (tmp_path / "render.json").exists() and paths[0].stat().st_mtime_ns == mtime
 
 
 def test_grid_sprites_move_by_whole_cells_and_bounce():
