@@ -62,6 +62,16 @@ def test_project_positions_equals_the_dense_logits_rows(patch_size):
         torch.testing.assert_close(model.project_positions(hidden, shuffled), dense[sel][perm], rtol=1e-5, atol=1e-5)
         empty = tuple(i[:0] for i in index)
         assert model.project_positions(hidden, empty).shape == (0, K)
+        # grouped: rows in the head's order (by sub-position), each the logits of the request it names
+        grouped, order = model.project_positions_grouped(hidden, shuffled)
+        if patch_size == 1:
+            assert order is None
+            torch.testing.assert_close(grouped, dense[sel][perm], rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(order.sort().values, torch.arange(order.numel()))  # a permutation
+            sub = (shuffled[2] % 2) * 2 + shuffled[3] % 2
+            assert bool((sub[order].diff() >= 0).all()) and sub.unique().numel() == 4
+            torch.testing.assert_close(grouped, dense[sel][perm][order], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ training: loss and gradients
@@ -165,6 +175,7 @@ def test_fused_cross_entropy_refuses_bad_inputs():
 
 
 # ------------------------------------------------------------------------------ sampling: identical samples
+from maskflow.sampling.baselines import generate_rolling, sample_chunk_pyramid  # noqa: E402
 from maskflow.sampling.fm import sample_chunk_fm  # noqa: E402
 from maskflow.sampling.guidance import Denoiser  # noqa: E402
 from maskflow.sampling.mgm import sample_chunk_mgm  # noqa: E402
@@ -181,12 +192,19 @@ def _sample(sampler: str, model, head: str, *, guidance: float, gumbel: float, i
     if sampler == "mgm":
         out = sample_chunk_mgm(denoiser, context, 3, steps=5, scheduler=scheduler, temperature=1.3,
                                gumbel_temperature=gumbel, generator=gen)
-    else:
+    elif sampler == "fm":
         out = sample_chunk_fm(denoiser, context, 3, steps=6, scheduler=scheduler, temperature=1.3, generator=gen)
+    elif sampler == "diffusion_forcing":
+        out = sample_chunk_pyramid(denoiser, context, 3, steps=4, chunk_size=5, scheduler=scheduler, temperature=1.3,
+                                   generator=gen)
+    else:  # rolling: init, two one-frame shifts and the final window over a 7-frame video
+        video = torch.cat([context, context.new_zeros(2, 5, LATENT, LATENT)], dim=1)
+        generate_rolling(denoiser, video, 2, steps=4, chunk_size=5, scheduler=scheduler, temperature=1.3, generator=gen)
+        out = video[:, 2:]
     return out, denoiser
 
 
-@pytest.mark.parametrize("sampler", ["mgm", "fm"])
+@pytest.mark.parametrize("sampler", ["mgm", "fm", "diffusion_forcing", "rolling"])
 @pytest.mark.parametrize("patch_size", [1, 2])
 @pytest.mark.parametrize("guidance,gumbel,independent", [(0.0, 0.0, False), (1.5, 0.0, False), (0.7, 2.0, True)])
 def test_masked_head_samples_are_identical_to_the_dense_path(sampler, patch_size, guidance, gumbel, independent):
@@ -215,7 +233,16 @@ def test_lazy_logits_rows_and_dense_match_the_dense_call():
             assert not lazy.is_dense
             sel = torch.rand(ref.shape[:4], generator=gen) < 0.5
             torch.testing.assert_close(lazy.rows(sel.nonzero(as_tuple=True)), ref[sel], rtol=1e-5, atol=1e-5)
+            rows, order = lazy.rows_grouped(sel.nonzero(as_tuple=True))
+            assert (order is None) == (guidance != 0)  # guided calls keep request order
+            torch.testing.assert_close(rows, ref[sel] if order is None else ref[sel][order], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(lazy.dense(), ref, rtol=1e-5, atol=1e-5)
+            part = make("masked").lazy(tokens, t, 1).narrow(1, 2)  # generated frames 1 and 2 only
+            torch.testing.assert_close(part.rows(sel[:, 1:3].nonzero(as_tuple=True)), ref[:, 1:3][sel[:, 1:3]],
+                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(part.dense(), ref[:, 1:3], rtol=1e-5, atol=1e-5)
+            with pytest.raises(ValueError, match="not inside the 3 generated frames"):
+                lazy.narrow(2, 2)
     with pytest.raises(ValueError, match="head must be"):
         Denoiser(model, scheduler=get_scheduler("linear"), head="sparse")
 
@@ -273,13 +300,13 @@ def test_samplers_project_only_the_tokens_they_draw(guidance, monkeypatch):
 
     model = random_model(2, seed=12).eval()
     sizes: list[int] = []
-    original = model.project_positions
+    original = model.project_positions_grouped  # every projection goes through it (project_positions too)
 
     def recording(hidden, index):
         sizes.append(int(index[0].numel()))
         return original(hidden, index)
 
-    monkeypatch.setattr(model, "project_positions", recording)
+    monkeypatch.setattr(model, "project_positions_grouped", recording)
     passes = 3 if guidance else 1
     n_tokens = 2 * 3 * LATENT * LATENT  # B videos × 3 new frames × h × w
     _sample("mgm", model, "masked", guidance=guidance, gumbel=0.0, independent=False, seed=0)
@@ -288,3 +315,9 @@ def test_samplers_project_only_the_tokens_they_draw(guidance, monkeypatch):
     sizes.clear()
     _sample("fm", model, "masked", guidance=guidance, gumbel=0.0, independent=False, seed=0)
     assert sum(sizes) == passes * n_tokens  # FM: each token's row once, at the step it jumps
+    sizes.clear()
+    _sample("diffusion_forcing", model, "masked", guidance=guidance, gumbel=0.0, independent=False, seed=0)
+    assert sum(sizes) == passes * n_tokens  # the baselines too: each token once, when it unmasks
+    sizes.clear()
+    _sample("rolling", model, "masked", guidance=guidance, gumbel=0.0, independent=False, seed=0)
+    assert sum(sizes) == passes * 2 * 5 * LATENT * LATENT  # 5 generated frames

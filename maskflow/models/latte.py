@@ -8,7 +8,7 @@ One file, in the order of the forward pass (DiT's layout):
 4. the model — :class:`MaskFlowTransformer`, whose ``forward(..., return_hidden=True)``,
    :meth:`~MaskFlowTransformer.head_rows` and :meth:`~MaskFlowTransformer.project_positions` apply the
    ``K``-way head only at requested token positions (training: masked tokens, eq. 7; sampling:
-   still-masked tokens, Algorithm 4 / FM's jumping tokens);
+   still-masked tokens, Algorithm 4 / the tokens that unmask in FM and the baselines);
 5. fixed sin-cos position embeddings;
 6. size presets — :data:`MODEL_SIZES` and :func:`build_backbone`.
 
@@ -446,8 +446,8 @@ class MaskFlowTransformer(nn.Module):
         return F.softplus(z).clamp_min(1e-30).log()
 
     # ------------------------------------------------------------------ the head at chosen positions
-    def head_rows(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hidden state of the patch that carries each token position, and its sub-position.
+    def head_index(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each token position's head input lives: its patch's row of ``hidden`` and its sub-position.
 
         One transformer token carries the ``p × p`` token positions of its patch; the head's output for
         a patch is laid out ``(p1 p2 k)`` (see :meth:`forward`), so token position ``(b, f, y, x)``
@@ -455,18 +455,34 @@ class MaskFlowTransformer(nn.Module):
         ``s = (y % p)·p + (x % p)``, i.e. ``linear.weight.view(p², K, D)[s]``.
 
         Args:
-            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
+            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)`` (only its shape is read).
             index: ``(b, f, y, x)``, four int64 ``[M]`` tensors on ``hidden``'s device: batch row,
                 frame, token row and token column of each requested position.
+
+        Returns:
+            ``(flat, sub)``: int64 ``[M]`` each; ``flat`` indexes ``hidden.reshape(-1, D)`` (the patch's
+            row), ``sub`` is in ``[0, p²)`` (all 0 when ``p = 1``).
+        """
+        p, g = self.config.patch_size, self.config.grid_size
+        b, f, y, x = index
+        frames, patches = hidden.shape[1], hidden.shape[2]
+        if p == 1:
+            return (b * frames + f) * patches + y * g + x, torch.zeros_like(y)
+        return (b * frames + f) * patches + (y // p) * g + x // p, (y % p) * p + x % p
+
+    def head_rows(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden state of the patch that carries each token position, and its sub-position.
+
+        Args:
+            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
+            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors (see :meth:`head_index`).
 
         Returns:
             ``(rows, sub)``: ``rows [M, D]`` (hidden's dtype; differentiable w.r.t. ``hidden``) and
             ``sub`` int64 ``[M]`` in ``[0, p²)``.
         """
-        p, g = self.config.patch_size, self.config.grid_size
-        b, f, y, x = index
-        rows = hidden[b, f, (y // p) * g + (x // p)]  # (M, D)
-        return rows, (y % p) * p + (x % p)
+        flat, sub = self.head_index(hidden, index)
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat), sub
 
     def head_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's parameters by sub-position: weight ``[p², K, D]`` and bias ``[p², K]`` (views)."""
@@ -474,41 +490,73 @@ class MaskFlowTransformer(nn.Module):
         linear = self.final_layer.linear
         return linear.weight.view(p2, k, -1), linear.bias.view(p2, k)
 
-    def project_positions(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Logits at the requested token positions only: the ``K``-way head applied to ``M`` rows.
+    def project_positions_grouped(
+        self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits at the requested token positions, in the order the head computes them fastest.
 
-        Row ``n`` of the result equals ``forward(tokens, t)[b[n], f[n], y[n], x[n]]`` (same weights,
-        same order), but only ``M·K`` logits are computed instead of ``B·T·h·w·K``: each row is
-        projected with the ``K`` weight rows of its sub-position (:meth:`head_rows`), never with the
-        whole patch's ``p²K``. Rows are grouped by sub-position (one host sync for the group sizes
-        when ``p > 1``) and written back in request order.
+        Each position is projected with the ``K`` weight rows of its sub-position (:meth:`head_index`),
+        never with the whole patch's ``p²K``: with ``p > 1`` the positions are stably sorted by
+        sub-position (one host sync for the group sizes) and each group is one matrix product written
+        straight into its slice of the result, so no ``[M, K]`` tensor is copied or permuted.
 
         Args:
             hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
-            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors (see :meth:`head_rows`).
+            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors (see :meth:`head_index`).
+
+        Returns:
+            ``(logits, order)``: logits ``[M, K]`` in ``hidden``'s dtype (the linear's output dtype under
+            autocast); row ``i`` is the logits of request ``order[i]`` (int64 ``[M]``), or of request ``i``
+            when ``order`` is ``None`` (``p = 1``: request order).
+        """
+        flat, sub = self.head_index(hidden, index)
+        weight, bias = self.head_weights()
+        table = hidden.reshape(-1, hidden.shape[-1])  # (B·T·N, D)
+        if weight.shape[0] == 1:
+            return F.linear(table.index_select(0, flat), weight[0], bias[0]), None
+        order = torch.argsort(sub, stable=True)
+        counts = torch.bincount(sub, minlength=weight.shape[0]).tolist()  # one host sync
+        rows = table.index_select(0, flat.index_select(0, order))  # (M, D), grouped by sub-position
+        if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):  # out= has no autograd
+            parts = [F.linear(rows[a : a + n], weight[s], bias[s]) for s, a, n in _groups(counts)]
+            return (torch.cat(parts) if parts else F.linear(rows, weight[0], bias[0])), order
+        device = rows.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
+        rows, weight, bias = rows.to(dtype), weight.to(dtype), bias.to(dtype)  # what F.linear would compute in
+        out = rows.new_empty((rows.shape[0], weight.shape[1]))
+        for s, a, n in _groups(counts):
+            torch.addmm(bias[s], rows[a : a + n], weight[s].t(), out=out[a : a + n])
+        return out, order
+
+    def project_positions(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits at the requested token positions only, in request order: the ``K``-way head on ``M`` rows.
+
+        Row ``n`` of the result equals ``forward(tokens, t)[b[n], f[n], y[n], x[n]]`` (same weights),
+        but only ``M·K`` logits are computed instead of ``B·T·h·w·K``
+        (:meth:`project_positions_grouped`, then one row gather back to request order when ``p > 1``).
+
+        Args:
+            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
+            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors (see :meth:`head_index`).
 
         Returns:
             Logits ``[M, K]`` in ``hidden``'s dtype (the linear's output dtype under autocast).
         """
-        rows, sub = self.head_rows(hidden, index)
-        weight, bias = self.head_weights()
-        if weight.shape[0] == 1:
-            return F.linear(rows, weight[0], bias[0])
-        out = None
-        order = torch.argsort(sub, stable=True)
-        start = 0
-        for s, count in enumerate(torch.bincount(sub, minlength=weight.shape[0]).tolist()):
-            if count == 0:
-                continue
-            idx = order[start : start + count]
-            start += count
-            part = F.linear(rows.index_select(0, idx), weight[s], bias[s])  # (count, K)
-            if out is None:
-                out = part.new_empty((rows.shape[0], part.shape[1]))
-            out.index_copy_(0, idx, part)  # row copies (much cheaper than advanced-index assignment on CPU)
-        if out is None:  # nothing requested
-            out = F.linear(rows, weight[0], bias[0])
-        return out
+        out, order = self.project_positions_grouped(hidden, index)
+        if order is None:
+            return out
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        return out.index_select(0, inverse)
+
+
+def _groups(counts: list[int]) -> list[tuple[int, int, int]]:
+    """``(sub-position, first row, rows)`` of each non-empty group of rows sorted by sub-position."""
+    out, start = [], 0
+    for s, n in enumerate(counts):
+        if n:
+            out.append((s, start, n))
+        start += n
+    return out
 
 
 # ================================================================================ sin-cos position embeddings

@@ -85,8 +85,8 @@ def generate(
         generator: randomness (on the device of ``context``); the same seed gives the same videos.
         progress: ``True`` shows a tqdm bar over chunks (Rolling Diffusion: over its phases); a callable
             is called as ``progress(chunks_done, num_chunks)`` instead (after each chunk, and with 0 first).
-        head: ``'masked'`` (default): MGM and FM compute the ``K``-way head only for the tokens they
-            sample (still-masked / jumping tokens of the generated frames), when the backbone has
+        head: ``'masked'`` (default): every sampler computes the ``K``-way head only for the tokens it
+            samples (MGM: still-masked tokens; the others: the tokens that unmask), when the backbone has
             ``project_positions`` (see :class:`~maskflow.sampling.guidance.Denoiser`); ``'dense'``:
             every position's logits (the reference). Same samples for a fixed seed.
 

@@ -6,7 +6,9 @@ probability
 
 .. math:: p = \frac{\kappa(t_b) - \kappa(t_a)}{1 - \kappa(t_a)},
 
-drawing the code from the model's distribution (:func:`~maskflow.sampling.fm.jump_unmask`). This is the
+drawing the code from the model's distribution (:func:`~maskflow.sampling.fm.jump_unmask`; with the
+masked head, :meth:`~maskflow.sampling.guidance.Denoiser.lazy`, the ``K``-way head runs only at the tokens
+that unmask, each token once per chunk, as in FM). This is the
 exact transition of the masking process of training (a token at level ``t`` is unmasked with probability
 :math:`\kappa(t)`), i.e. the FM-style jump with its rate integrated over the step instead of Euler's
 linearisation; the expected unmasked share follows :math:`\kappa` at every level, :math:`p = 0` when the
@@ -170,13 +172,13 @@ def _levels_pass(
     ``active`` frame range is sampled."""
     t = torch.ones(x.shape[:2], dtype=torch.float32, device=x.device)
     t[:, n_context:] = before
-    logits = denoiser(x, t, n_context)  # [B, r, h, w, K]
+    head = denoiser.lazy(x, t, n_context)  # logits [B, r, h, w, K] on request: only the jumping tokens' rows
     lo, hi = active
     if lo == hi:
         return
     frames = x[:, n_context + lo : n_context + hi]
     kwargs = dict(mask_id=denoiser.mask_id, temperature=temperature, generator=generator)
-    frames.copy_(jump_unmask(frames, logits[:, lo:hi], p_unmask[lo:hi], **kwargs))
+    frames.copy_(jump_unmask(frames, head.narrow(lo, hi - lo), p_unmask[lo:hi], **kwargs))
 
 
 def _run_schedule(

@@ -11,6 +11,8 @@ loops as well as CPU ones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +34,7 @@ def sample_categorical(
     generator: torch.Generator | None = None,
     *,
     with_confidence: bool = True,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Draw one class per position from :math:`\mathrm{Softmax}(\text{logits} / \tau)`.
 
@@ -40,12 +43,17 @@ def sample_categorical(
         temperature: :math:`\tau > 0`.
         generator: source of randomness (same device as ``logits``); ``None`` uses the global RNG.
         with_confidence: also return the probability of the drawn class (MGM's confidence score).
+        uniforms: float32 ``[...]`` in ``[0, 1)``, the variate of each position, drawn by the caller
+            (``generator`` is then not used). A caller whose rows come in another order than its
+            positions (:meth:`~maskflow.sampling.guidance.HeadLogits.rows_grouped`) draws them in
+            position order and permutes them with the rows, so the samples do not depend on the order.
 
     Returns:
         ``(tokens, confidence)``: int64 ``[...]`` in ``[0, K)`` and float32 ``[...]`` in ``(0, 1]``
         (``None`` when ``with_confidence`` is false). A class of probability 0 is never drawn.
     """
-    k = logits.shape[-1]
+    k, lead = logits.shape[-1], logits.shape[:-1]
+    r = math.prod(lead)
     z = logits.float()
     if temperature != 1.0:
         z = z / temperature
@@ -54,21 +62,22 @@ def sample_categorical(
     block = BLOCK if k > BLOCK else k
     if k % block:
         e = F.pad(e, (0, block - k % block))  # zero mass in the padding: never drawn
-    blocks = e.view(*e.shape[:-1], e.shape[-1] // block, block)  # [..., nb, block]
-    cum = blocks.sum(dim=-1).cumsum_(dim=-1)  # [..., nb]: mass up to the end of each block
-    nb = cum.shape[-1]
-    total = cum[..., -1:]  # [..., 1]
-    u = uniform(total.shape, generator, e.device).mul_(total)
-    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # keep u < total after rounding
-    bi = torch.searchsorted(cum, u, right=True).clamp_(max=nb - 1)  # [..., 1]: first block ending above u
-    below = cum.gather(-1, (bi - 1).clamp(min=0)).masked_fill_(bi == 0, 0.0)  # mass before that block
-    first = torch.arange(0, bi.numel() * nb, nb, device=e.device)  # [R]: each row's first block
-    chosen = blocks.reshape(-1, block).index_select(0, first + bi.view(-1))  # [R, block]: the chosen blocks
-    inner = chosen.view(*bi.shape[:-1], block).cumsum_(dim=-1)  # [..., block]
-    r = torch.minimum(u - below, torch.nextafter(inner[..., -1:], torch.zeros_like(total)))  # inside the block
-    j = torch.searchsorted(inner, r, right=True).clamp_(max=block - 1)  # first class whose CDF exceeds r
-    idx = bi * block + j  # [..., 1]
-    tokens = idx.squeeze(-1)
+    nb = e.shape[-1] // block
+    blocks = e.view(r, nb, block)  # [R, nb, block]
+    cum = F.pad(blocks.sum(dim=-1), (1, 0)).cumsum_(dim=-1)  # [R, nb + 1]: mass before each block, then the total
+    total = cum[:, nb:]  # [R, 1]
+    zero = total.new_zeros(())
+    if uniforms is None:
+        uniforms = uniform((r, 1), generator, e.device)
+    u = torch.minimum(uniforms.reshape(r, 1) * total, torch.nextafter(total, zero))  # in [0, total)
+    bi = torch.searchsorted(cum, u, right=True).sub_(1)  # [R, 1]: the block holding u (cum[bi] <= u < cum[bi + 1])
+    below = cum.gather(1, bi)  # mass before that block
+    first = torch.arange(0, r * nb, nb, device=e.device)  # [R]: each row's first block
+    inner = blocks.view(r * nb, block).index_select(0, first + bi.view(r)).cumsum_(dim=-1)  # [R, block]
+    rest = torch.minimum(u - below, torch.nextafter(inner[:, block - 1 :], zero))  # inside the block
+    j = torch.searchsorted(inner, rest, right=True).clamp_(max=block - 1)  # the first class whose CDF exceeds u
+    idx = j.add_(bi, alpha=block)  # [R, 1]
+    tokens = idx.view(lead)
     if not with_confidence:
         return tokens, None
-    return tokens, (e.gather(-1, idx) / total).squeeze(-1)
+    return tokens, (e.view(r, nb * block).gather(1, idx) / total).view(lead)

@@ -18,7 +18,8 @@ Every sampler calls a :class:`Denoiser` instead of the model. It
 - computes the ``K``-way output head only where it is needed (``head='masked'``, the default, for a
   backbone with ``forward(..., return_hidden=True)`` and ``project_positions``): :meth:`Denoiser.lazy`
   runs the backbone up to the head's input and returns :class:`HeadLogits`, whose :meth:`HeadLogits.rows`
-  projects only the requested token positions (MGM: the still-masked tokens; FM: the tokens that jump).
+  projects only the requested token positions (MGM: the still-masked tokens; FM, Diffusion Forcing and
+  Rolling Diffusion: the tokens that unmask).
   With guidance the three passes' rows are projected and fused row by row, the same elementwise
   :func:`fuse_guidance` as the dense path. The random numbers drawn and their order are those of the
   dense call, so a seeded sampler gives the same samples with either head (up to the matmul's rounding,
@@ -192,13 +193,17 @@ class HeadLogits:
         n_context: int = 0,
         batch_size: int = 0,
         guided: bool = False,
+        num_frames: int | None = None,
     ) -> None:
         self.denoiser = denoiser
         self._dense = dense
         self.hidden = hidden
-        self.n_context = n_context
+        self.n_context = n_context  # frames of the backbone call before the first of these frames
         self.batch_size = batch_size
         self.guided = guided
+        if num_frames is None:
+            num_frames = dense.shape[1] if dense is not None else hidden.shape[1] - n_context
+        self.num_frames = num_frames
 
     @property
     def is_dense(self) -> bool:
@@ -209,10 +214,26 @@ class HeadLogits:
         """All logits ``[B, F, h, w, K]`` of the generated frames (projects every position if needed)."""
         if self._dense is None:
             size = self.denoiser.head_model.config.latent_size
-            shape = (self.batch_size, self.hidden.shape[1] - self.n_context, size, size)
+            shape = (self.batch_size, self.num_frames, size, size)
             rows = self.rows(torch.ones(shape, dtype=torch.bool, device=self.hidden.device).nonzero(as_tuple=True))
             self._dense = rows.view(*shape, rows.shape[-1])
         return self._dense
+
+    def narrow(self, start: int, length: int) -> HeadLogits:
+        """The logits of the generated frames ``[start, start + length)`` only (frame 0 of the result is
+        frame ``start``), still computed on request; like ``Tensor.narrow`` on the frame dimension.
+
+        Raises:
+            ValueError: the range is not inside these frames.
+        """
+        if start < 0 or length < 0 or start + length > self.num_frames:
+            raise ValueError(
+                f"frames [{start}, {start + length}) are not inside the {self.num_frames} generated frames"
+            )
+        if self._dense is not None:
+            return HeadLogits(self.denoiser, dense=self._dense[:, start : start + length])
+        return HeadLogits(self.denoiser, hidden=self.hidden, n_context=self.n_context + start,
+                          batch_size=self.batch_size, guided=self.guided, num_frames=length)
 
     def rows(self, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Logits at the positions ``index`` of the generated frames, in the order given.
@@ -235,3 +256,24 @@ class HeadLogits:
         m, bs = b.shape[0], self.batch_size
         z = project(self.hidden, (torch.cat([b, b + bs, b + 2 * bs]), f.repeat(3), y.repeat(3), x.repeat(3)))
         return fuse_guidance(z[:m], z[m : 2 * m], z[2 * m :], self.denoiser.guidance_scale)
+
+    def rows_grouped(self, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Like :meth:`rows`, but in the order the head computes them fastest (no ``[M, K]`` permutation).
+
+        With the masked head and a backbone that has ``project_positions_grouped`` (patch size above 1)
+        the rows come grouped by sub-position; a sampler that only needs to know which row belongs to
+        which position (MGM) saves the gather back to request order. Guided calls and the dense head
+        keep request order.
+
+        Args:
+            index: ``(b, f, y, x)`` as for :meth:`rows`.
+
+        Returns:
+            ``(logits, order)``: ``[M, K]``; row ``i`` is request ``order[i]`` (int64 ``[M]``), or request
+            ``i`` when ``order`` is ``None``.
+        """
+        project = getattr(self.denoiser.head_model, "project_positions_grouped", None)
+        if self._dense is not None or self.guided or project is None:
+            return self.rows(index), None
+        b, f, y, x = index
+        return project(self.hidden, (b, f + self.n_context, y, x))
