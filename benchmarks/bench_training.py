@@ -10,6 +10,8 @@ Usage::
     python benchmarks/bench_training.py --head-modes masked,dense --cases main   # the K-way head side by side
     python benchmarks/bench_training.py --cases shape_a --head-modes masked,dense --checkpointing-modes off,on \
         --threads 2 --repeats 2    # the masked-head targets: every combination, interleaved, ratios printed
+    python benchmarks/bench_training.py --device cuda --max-batch-gib 80 --sizes B/2,XL/2 --head-modes masked,dense \
+        --steps 3                  # GPU: the largest batch per 80 GB at the paper shape, its step time and MFU
 
 What is measured, per configuration (each in a fresh subprocess so that peak memory is its own):
 
@@ -27,7 +29,11 @@ What is measured, per configuration (each in a fresh subprocess so that peak mem
   checkpointing as a second axis, and for shape A the ratios are printed against the targets of the
   masked-only head (time ≤ 0.6× and memory ≤ 0.4× of the dense reference, ≤ 0.25× the authors' 20 GB);
 * corruption alone (levels + masks), to compare with the dense one-hot corruption of the authors' code,
-  whose size ``B·T·h·w·(K+1)`` float32 values is computed (not allocated).
+  whose size ``B·T·h·w·(K+1)`` float32 values is computed (not allocated);
+* with ``--max-batch-gib G`` (CUDA only) instead: for each of ``--sizes`` and ``--head-modes``, the
+  largest batch whose training step fits in ``G`` GiB (the allocator capped to ``G`` on a larger GPU;
+  an out-of-memory error counts as not fitting), found from the peak memory of batches 1 and 2 and
+  checked around the prediction, in one process per size and head, with its step time, tokens/s and MFU.
 
 The reference numbers in ``../shared/notes/reference-implementation.md`` were taken on a 2-core CPU in
 fp32 for "shape A" and "shape B"; this script prints the same shapes so the comparison is direct.
@@ -36,6 +42,7 @@ fp32 for "shape A" and "shape B"; this script prints the same shapes so the comp
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -43,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -132,8 +140,24 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def run_case(case: Case, steps: int, device: torch.device) -> dict:
-    """Build, warm up, time ``steps`` training steps; return the measurements as a dict."""
+@dataclass
+class Trainer:
+    """Everything one training step of a case needs, built once."""
+
+    model: torch.nn.Module
+    objective: MaskFlowObjective
+    optimizer: torch.optim.Optimizer
+    scaler: object
+    ema: EMA
+    optim_cfg: OptimConfig
+
+    def step(self, x1: torch.Tensor, step: int, generator: torch.Generator):
+        return train_step(self.model, self.objective, x1, self.optimizer, self.scaler, self.ema, self.optim_cfg, step,
+                          generator=generator)
+
+
+def build_trainer(case: Case, device: torch.device) -> Trainer:
+    """The case's backbone (seed 0), AdamW, EMA, grad scaler and objective, as :func:`train_step` uses them."""
     overrides = {}
     if case.depth is not None:
         overrides["depth"] = case.depth
@@ -148,11 +172,16 @@ def run_case(case: Case, steps: int, device: torch.device) -> dict:
     ).to(device)
     model.train()
     optim_cfg = OptimConfig(precision="bf16" if device.type == "cuda" else "fp32")
-    optimizer = build_optimizer(model, lr=optim_cfg.lr)
-    ema = EMA(model, decay=optim_cfg.ema_decay)
-    scaler = build_grad_scaler(optim_cfg, device)
     chunk = {} if case.head_chunk_rows is None else {"head_chunk_rows": case.head_chunk_rows}
-    objective = MaskFlowObjective(ObjectiveConfig(head=case.head, **chunk))
+    return Trainer(model, MaskFlowObjective(ObjectiveConfig(head=case.head, **chunk)),
+                   build_optimizer(model, lr=optim_cfg.lr), build_grad_scaler(optim_cfg, device),
+                   EMA(model, decay=optim_cfg.ema_decay), optim_cfg)
+
+
+def run_case(case: Case, steps: int, device: torch.device) -> dict:
+    """Build, warm up, time ``steps`` training steps; return the measurements as a dict."""
+    trainer = build_trainer(case, device)
+    model = trainer.model
     gen = torch.Generator(device=device).manual_seed(0)
     x1 = torch.randint(0, case.codebook, (case.batch, case.frames, case.latent, case.latent), generator=gen, device=device)
 
@@ -178,7 +207,7 @@ def run_case(case: Case, steps: int, device: torch.device) -> dict:
     for step in range(steps + 1):  # step 0 is the warm-up (allocates optimiser state)
         sync()
         t0 = time.perf_counter()
-        result = train_step(model, objective, x1, optimizer, scaler, ema, optim_cfg, step, generator=gen)
+        result = trainer.step(x1, step, gen)
         sync()
         if step > 0:
             times.append(time.perf_counter() - t0)
@@ -208,6 +237,104 @@ def run_case(case: Case, steps: int, device: torch.device) -> dict:
         out["peak_rss_bytes"] = peak_rss_bytes()
         out["rss_before_bytes"] = rss_before
         out["step_rss_growth_bytes"] = max(0, peak_rss_bytes() - rss_before)
+    return out
+
+
+def find_max_batch(fits: Callable[[int], bool], guess: int, limit: int = 4096) -> int:
+    """The largest batch in ``[0, limit]`` for which ``fits(batch)`` holds (``fits`` is monotone: True up to
+    the answer, False above), searched from ``guess``: gallop up (or down) from it, then bisect. With a
+    guess that is right, two calls (``guess`` fits, ``guess + 1`` does not)."""
+    lo, hi = 0, limit + 1  # fits(lo), not fits(hi)
+    b, step = max(1, min(guess, limit)), 1
+    if fits(b):
+        lo = b
+        while lo + step < hi and fits(lo + step):
+            lo += step
+            step *= 2
+        hi = min(hi, lo + step)
+    else:
+        hi = b
+        while hi - step > lo and not fits(hi - step):
+            hi -= step
+            step *= 2
+        lo = max(lo, hi - step)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def run_max_batch(case: Case, steps: int, device: torch.device, budget_gib: float) -> dict:
+    """The largest batch of ``case`` whose training step fits in ``budget_gib`` GiB of this GPU, and its speed.
+
+    The model, optimiser state and EMA are built once; each trial runs a warm-up and ``steps`` timed
+    steps at one batch size under ``torch.cuda.set_per_process_memory_fraction`` (so a GPU larger than
+    the budget behaves like one of the budget's size) and counts an out-of-memory error as not fitting.
+    Peak memory is affine in the batch (weights, gradients and optimiser state fixed, activations per
+    sample), so batches 1 and 2 predict the answer and :func:`find_max_batch` checks it.
+
+    Raises:
+        ValueError: not a CUDA device, or a budget above the device's memory.
+    """
+    if device.type != "cuda":
+        raise ValueError("--max-batch-gib needs a CUDA device (it caps and reads the CUDA allocator)")
+    total = torch.cuda.get_device_properties(device).total_memory
+    budget = budget_gib * 2**30
+    if budget > total:
+        raise ValueError(f"--max-batch-gib {budget_gib} is more than this GPU's {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(budget / total, device)
+    trainer = build_trainer(case, device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    trials: dict[int, dict | None] = {}
+    step_no = [0]
+
+    def trial(batch: int) -> bool:
+        if batch in trials:
+            return trials[batch] is not None
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        x1, times = None, []
+        try:
+            x1 = torch.randint(0, case.codebook, (batch, case.frames, case.latent, case.latent), generator=gen,
+                               device=device)
+            for i in range(steps + 1):  # the first is a warm-up
+                torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                trainer.step(x1, step_no[0], gen)
+                torch.cuda.synchronize(device)
+                step_no[0] += 1
+                if i:
+                    times.append(time.perf_counter() - t0)
+            trials[batch] = {"peak_bytes": torch.cuda.max_memory_allocated(device), "step_s": statistics.median(times)}
+        except torch.cuda.OutOfMemoryError:
+            trials[batch] = None
+            trainer.optimizer.zero_grad(set_to_none=True)
+        del x1  # (after the except clause: its traceback no longer holds the step's tensors)
+        gc.collect()
+        torch.cuda.empty_cache()
+        r = trials[batch]
+        said = "out of memory" if r is None else f"{gib(r['peak_bytes'])}, {r['step_s']:.3f} s/step"
+        print(f"   batch {batch}: {said}", file=sys.stderr, flush=True)
+        return r is not None
+
+    guess = 1
+    if trial(1) and trial(2):
+        per_sample = trials[2]["peak_bytes"] - trials[1]["peak_bytes"]
+        fixed = trials[1]["peak_bytes"] - per_sample
+        guess = int((budget - fixed) // per_sample) if per_sample > 0 else 2
+    best = find_max_batch(trial, guess) if trials[1] is not None else 0
+    flops_per_sample = training_flops(trainer.model.config, 1, case.frames)
+    out = {"case": asdict(case), "device": torch.cuda.get_device_name(device), "budget_gib": budget_gib,
+           "parameters": count_parameters(trainer.model), "max_batch": best, "trials": len(trials)}
+    if best:
+        r = trials[best]
+        peak = bf16_peak(device)
+        out.update(peak_bytes=r["peak_bytes"], step_s=r["step_s"],
+                   tokens_per_s=best * case.frames * case.latent**2 / r["step_s"],
+                   mfu=best * flops_per_sample / r["step_s"] / peak if peak else None)
     return out
 
 
@@ -294,7 +421,43 @@ def report(r: dict) -> None:
           f"{gib(r['onehot_bytes'])} (B·T·h·w·(K+1) float32), per tensor")
 
 
-def main() -> None:
+def max_batch_report(args: argparse.Namespace, device: torch.device, steps: int) -> None:
+    """``--max-batch-gib``: one subprocess per size and head (:func:`run_max_batch`), then a table."""
+    if device.type != "cuda":
+        raise SystemExit("--max-batch-gib needs a CUDA device (it caps and reads the CUDA allocator)")
+    shape = {"frames": args.frames or 16, "latent": args.latent or 32, "codebook": args.codebook}
+    sizes = [x.strip() for x in (args.sizes or args.size).split(",") if x.strip()]
+    heads = [h.strip() for h in args.head_modes.split(",") if h.strip()]
+    grid = f"{shape['frames']} frames × {shape['latent']}×{shape['latent']} tokens, K={shape['codebook']}"
+    print(f"Largest training batch per {args.max_batch_gib:g} GiB — {', '.join(sizes)}, heads {', '.join(heads)}; "
+          f"{grid}, bf16 autocast, {steps} timed steps per trial; MFU counts the model's FLOPs (dense head) "
+          "for both heads")
+    rows = []
+    for size in sizes:
+        for head in heads:
+            case = Case(name=f"{size} {head}", size=size, batch=1, head=head, checkpointing=args.checkpointing, **shape)
+            cmd = [sys.executable, os.path.abspath(__file__), "--_max_batch",
+                   json.dumps({"case": asdict(case), "budget_gib": args.max_batch_gib}),
+                   "--steps", str(steps), "--device", str(device)]
+            print(f"== {case.name}", flush=True)
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)  # trials go to stderr
+            if proc.returncode != 0:
+                print(f"   failed (exit {proc.returncode})")
+                continue
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(f"\n{'size':<6} {'head':<7} {'params':>8} {'max batch':>9} {'peak':>10} {'s/step':>8} {'tokens/s':>10} "
+          f"{'MFU':>6}")
+    for r in rows:
+        c = r["case"]
+        if not r["max_batch"]:
+            print(f"{c['size']:<6} {c['head']:<7} {r['parameters'] / 1e6:>7.0f}M {0:>9}  (batch 1 does not fit)")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+        print(f"{c['size']:<6} {c['head']:<7} {r['parameters'] / 1e6:>7.0f}M {r['max_batch']:>9} "
+              f"{gib(r['peak_bytes']):>10} {r['step_s']:>8.3f} {r['tokens_per_s']:>10,.0f} {mfu:>6}")
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="B/2")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -316,8 +479,13 @@ def main() -> None:
                          "(off,on for a side-by-side comparison; --checkpointing alone sets 'main' cases only)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="run every variant this many times, interleaved, and report the median step time")
+    ap.add_argument("--max-batch-gib", type=float, default=None,
+                    help="CUDA only: for each of --sizes and --head-modes, the largest batch whose training step "
+                         "fits in this many GiB (80 for an 80 GB GPU), with its step time and MFU")
+    ap.add_argument("--sizes", default=None, help="comma list of backbone sizes for --max-batch-gib (default --size)")
     ap.add_argument("--_single", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--_max_batch", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -328,6 +496,13 @@ def main() -> None:
 
     if args._single is not None:
         print(json.dumps(run_case(Case(**json.loads(args._single)), steps, device)))
+        return
+    if args._max_batch is not None:
+        spec = json.loads(args._max_batch)
+        print(json.dumps(run_max_batch(Case(**spec["case"]), steps, device, spec["budget_gib"])))
+        return
+    if args.max_batch_gib is not None:
+        max_batch_report(args, device, steps)
         return
 
     paper = dict(frames=16, latent=32, codebook=16384)
