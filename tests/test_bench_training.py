@@ -31,9 +31,14 @@ def test_find_max_batch_from_any_guess_and_in_two_trials_from_a_right_one(answer
         assert calls == [answer, answer + 1]
 
 
-def test_max_batch_mode_needs_a_gpu():
+def test_max_batch_mode_needs_a_gpu_and_timed_steps():
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         bench_training.main(["--device", "cpu", "--max-batch-gib", "80"])
+    with pytest.raises(SystemExit):  # argparse's error: at least one timed step
+        bench_training.main(["--device", "cpu", "--steps", "0"])
+    assert bench_training._out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert bench_training._out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not bench_training._out_of_memory(RuntimeError("shape mismatch"))
     case = bench_training.Case(name="x", size="small", batch=1, frames=2, latent=4, codebook=16, depth=2)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         bench_training.run_max_batch(case, 1, torch.device("cpu"), 80)

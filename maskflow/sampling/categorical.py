@@ -64,7 +64,7 @@ def sample_categorical(
         e = F.pad(e, (0, block - k % block))  # zero mass in the padding: never drawn
     nb = e.shape[-1] // block
     blocks = e.view(r, nb, block)  # [R, nb, block]
-    cum = F.pad(blocks.sum(dim=-1), (1, 0)).cumsum_(dim=-1)  # [R, nb + 1]: mass before each block, then the total
+    cum = F.pad(blocks.sum(dim=-1).cumsum_(dim=-1), (1, 0))  # [R, nb + 1]: mass before each block, then the total
     total = cum[:, nb:]  # [R, 1]
     zero = total.new_zeros(())
     if uniforms is None:

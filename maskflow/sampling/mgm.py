@@ -14,7 +14,7 @@ kept in a ``[B, n_{i-1}]`` index (a stable sort of the previous step's), only th
 variate is drawn in position order; the masked head may return the rows grouped by sub-position
 (:meth:`~maskflow.sampling.guidance.HeadLogits.rows_grouped`), and then the variates are permuted with
 them and the draws put back in position order, so the ``[B·n_{i-1}, K]`` logits are never copied and the
-samples equal the dense head's. Committed tokens are final. The masked positions
+samples equal the dense head's (up to the matmul's rounding). Committed tokens are final. The masked positions
 and each frame's unmasked count are updated from the committed tokens alone, so no step does work that
 grows with the whole chunk outside the backbone (each frame's level is read from a table of
 :math:`\kappa^{-1}` over the possible counts).
