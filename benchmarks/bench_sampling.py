@@ -103,8 +103,7 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
 
 class TimedBackbone:
     """Forwards to the backbone and accumulates the seconds spent inside it (including the masked head's
-    ``project_positions`` / ``project_positions_grouped``, exposed when the backbone has them, so that the
-    Denoiser can use them), and counts what ran: video-passes up to the head's input
+    ``project_positions``, exposed when the backbone has it, so that the Denoiser can use it), and counts what ran: video-passes up to the head's input
     (``hidden_rows``), video-passes with the dense head (``dense_rows``) and projected positions
     (``head_rows``)."""
 
@@ -115,21 +114,16 @@ class TimedBackbone:
         self.hidden_rows = self.dense_rows = self.head_rows = 0
         if callable(getattr(model, "project_positions", None)):
             self.config = model.config
-            self.project_positions = self._timed(model.project_positions)
-        if callable(getattr(model, "project_positions_grouped", None)):
-            self.project_positions_grouped = self._timed(model.project_positions_grouped)
+            self.project_positions = self._project_positions
 
-    def _timed(self, project):
-        def timed(hidden: torch.Tensor, index: tuple[torch.Tensor, ...]):
-            self._sync()
-            t0 = time.perf_counter()
-            out = project(hidden, index)
-            self._sync()
-            self.seconds += time.perf_counter() - t0
-            self.head_rows += int(index[0].numel())
-            return out
-
-        return timed
+    def _project_positions(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        self._sync()
+        t0 = time.perf_counter()
+        out = self.model.project_positions(hidden, index)
+        self._sync()
+        self.seconds += time.perf_counter() - t0
+        self.head_rows += int(index[0].numel())
+        return out
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -294,9 +294,10 @@ def run_max_batch(case: Case, steps: int, device: torch.device, budget_gib: floa
     trainer = build_trainer(case, device)
     gen = torch.Generator(device=device).manual_seed(0)
     trials: dict[int, dict | None] = {}
-    step_no = [0]
+    step_no = 0
 
     def trial(batch: int) -> bool:
+        nonlocal step_no
         if batch in trials:
             return trials[batch] is not None
         torch.cuda.empty_cache()
@@ -309,9 +310,9 @@ def run_max_batch(case: Case, steps: int, device: torch.device, budget_gib: floa
                     torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                trainer.step(x1, step_no[0], gen)
+                trainer.step(x1, step_no, gen)
                 torch.cuda.synchronize(device)
-                step_no[0] += 1
+                step_no += 1
                 if i:
                     times.append(time.perf_counter() - t0)
             trials[batch] = {"peak_bytes": torch.cuda.max_memory_allocated(device), "step_s": statistics.median(times)}

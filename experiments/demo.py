@@ -67,9 +67,9 @@ def resolve_defaults(cfg: DictConfig) -> DictConfig:
       these are learnt after 2000–2500 steps.
     - the sprites (``synthetic_motion=kinds``: each colour moves right or down, wrapping around) are
       learnt by the ``tiny`` model (at ``p = 2`` its steps cost about a quarter of the ``small`` model's,
-      and ``small`` did no better in the same time) on 3-frame windows: with ``n_context_frames = 2`` each chunk then makes one new frame, always
-      the next one (a sprite one cell on), and the training windows with both context frames clean
-      supervise exactly that; the far frames of longer windows need offsets of two and more cells, which
+      and ``small`` did no better in the same time) on 3-frame windows: with ``n_context_frames = 2``
+      each chunk then makes one new frame, always the next one (a sprite one cell on), and the training
+      windows with both context frames clean supervise exactly that; the far frames of longer windows need offsets of two and more cells, which
       are learnt later and hold the rest back. With 256 videos instead of 1024 it memorises them sooner.
 
     Returns:

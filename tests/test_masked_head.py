@@ -62,17 +62,27 @@ def test_project_positions_equals_the_dense_logits_rows(patch_size):
         torch.testing.assert_close(model.project_positions(hidden, shuffled), dense[sel][perm], rtol=1e-5, atol=1e-5)
         empty = tuple(i[:0] for i in index)
         assert model.project_positions(hidden, empty).shape == (0, K)
-        # grouped: rows in the head's order (by sub-position), each the logits of the request it names
-        grouped, order = model.project_positions_grouped(hidden, shuffled)
-        if patch_size == 1:
-            assert order is None
-            torch.testing.assert_close(grouped, dense[sel][perm], rtol=1e-5, atol=1e-5)
-        else:
-            assert torch.equal(order.sort().values, torch.arange(order.numel()))  # a permutation
-            sub = (shuffled[2] % 2) * 2 + shuffled[3] % 2
-            assert bool((sub[order].diff() >= 0).all()) and sub.unique().numel() == 4
-            torch.testing.assert_close(grouped, dense[sel][perm][order], rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_project_positions_with_gradients_and_under_bf16_autocast(patch_size):
+    """Both paths of the projection: differentiable when gradients are on, the autocast dtype under autocast."""
+    model = random_model(patch_size, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, K + 1, (2, 3, LATENT, LATENT), generator=gen)
+    t = torch.rand(2, 3, generator=gen)
+    sel = torch.rand(2, 3, LATENT, LATENT, generator=gen) < 0.5
+    index = sel.nonzero(as_tuple=True)
+    rows = model.project_positions(model(tokens, t, return_hidden=True), index)
+    torch.testing.assert_close(rows, model(tokens, t)[sel], rtol=1e-5, atol=1e-5)
+    rows.square().sum().backward()
+    assert model.final_layer.linear.weight.grad is not None and model.final_layer.linear.weight.grad.abs().sum() > 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        rows = model.project_positions(model(tokens, t, return_hidden=True), index)
+        dense = model(tokens, t)[sel]
+    assert rows.dtype == dense.dtype == torch.bfloat16
+    torch.testing.assert_close(rows.float(), dense.float(), rtol=2e-2, atol=2e-2)
 
 # ------------------------------------------------------------------------------ training: loss and gradients
 @pytest.mark.parametrize("patch_size", [1, 2])
@@ -233,9 +243,6 @@ def test_lazy_logits_rows_and_dense_match_the_dense_call():
             assert not lazy.is_dense
             sel = torch.rand(ref.shape[:4], generator=gen) < 0.5
             torch.testing.assert_close(lazy.rows(sel.nonzero(as_tuple=True)), ref[sel], rtol=1e-5, atol=1e-5)
-            rows, order = lazy.rows_grouped(sel.nonzero(as_tuple=True))
-            assert (order is None) == (guidance != 0)  # guided calls keep request order
-            torch.testing.assert_close(rows, ref[sel] if order is None else ref[sel][order], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(lazy.dense(), ref, rtol=1e-5, atol=1e-5)
             part = make("masked").lazy(tokens, t, 1).narrow(1, 2)  # generated frames 1 and 2 only
             torch.testing.assert_close(part.rows(sel[:, 1:3].nonzero(as_tuple=True)), ref[:, 1:3][sel[:, 1:3]],
@@ -300,13 +307,13 @@ def test_samplers_project_only_the_tokens_they_draw(guidance, monkeypatch):
 
     model = random_model(2, seed=12).eval()
     sizes: list[int] = []
-    original = model.project_positions_grouped  # every projection goes through it (project_positions too)
+    original = model.project_positions
 
     def recording(hidden, index):
         sizes.append(int(index[0].numel()))
         return original(hidden, index)
 
-    monkeypatch.setattr(model, "project_positions_grouped", recording)
+    monkeypatch.setattr(model, "project_positions", recording)
     passes = 3 if guidance else 1
     n_tokens = 2 * 3 * LATENT * LATENT  # B videos × 3 new frames × h × w
     _sample("mgm", model, "masked", guidance=guidance, gumbel=0.0, independent=False, seed=0)

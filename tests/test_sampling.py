@@ -303,22 +303,3 @@ def test_sample_categorical_two_level_cdf_over_many_blocks(k):
     assert int(zero[tokens].sum()) == 0
     assert float((freq - probs).abs().max()) < 0.006
     torch.testing.assert_close(conf, probs[tokens])
-
-
-def test_sample_categorical_with_given_uniforms_follows_the_rows_not_their_order():
-    """The caller's variates give the generator's draw; rows permuted with their variates give the same
-    draws, permuted (what MGM relies on when the masked head returns rows grouped by sub-position)."""
-    gen = torch.Generator().manual_seed(2)
-    logits = torch.randn(3, 50, 200, generator=gen) * 2
-    ref_tokens, ref_conf = sample_categorical(logits, 1.3, torch.Generator().manual_seed(7))
-    u = torch.rand((3, 50, 1), generator=torch.Generator().manual_seed(7)).view(3, 50)  # the generator's draws
-    tokens, conf = sample_categorical(logits, 1.3, uniforms=u)
-    assert torch.equal(tokens, ref_tokens) and torch.equal(conf, ref_conf)
-    perm = torch.randperm(150, generator=gen)
-    shuffled, _ = sample_categorical(logits.view(150, 200)[perm], 1.3, uniforms=u.view(150)[perm],
-                                     with_confidence=False)
-    assert torch.equal(shuffled, tokens.view(150)[perm])
-    low = sample_categorical(logits, 1.0, uniforms=torch.zeros(3, 50))[0]  # u = 0: the first class with mass
-    assert torch.equal(low, torch.zeros_like(low))
-    high = sample_categorical(logits, 1.0, uniforms=torch.full((3, 50), 1.0 - 2**-24))[0]  # u → 1: the last one
-    assert torch.equal(high, torch.full_like(high, 199))

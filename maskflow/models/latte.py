@@ -490,50 +490,15 @@ class MaskFlowTransformer(nn.Module):
         linear = self.final_layer.linear
         return linear.weight.view(p2, k, -1), linear.bias.view(p2, k)
 
-    def project_positions_grouped(
-        self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits at the requested token positions, in the order the head computes them fastest.
-
-        Each position is projected with the ``K`` weight rows of its sub-position (:meth:`head_index`),
-        never with the whole patch's ``p²K``: with ``p > 1`` the positions are stably sorted by
-        sub-position (one host sync for the group sizes) and each group is one matrix product written
-        straight into its slice of the result, so no ``[M, K]`` tensor is copied or permuted.
-
-        Args:
-            hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
-            index: ``(b, f, y, x)``, four int64 ``[M]`` tensors (see :meth:`head_index`).
-
-        Returns:
-            ``(logits, order)``: logits ``[M, K]`` in ``hidden``'s dtype (the linear's output dtype under
-            autocast); row ``i`` is the logits of request ``order[i]`` (int64 ``[M]``), or of request ``i``
-            when ``order`` is ``None`` (``p = 1``: request order).
-        """
-        flat, sub = self.head_index(hidden, index)
-        weight, bias = self.head_weights()
-        table = hidden.reshape(-1, hidden.shape[-1])  # (B·T·N, D)
-        if weight.shape[0] == 1:
-            return F.linear(table.index_select(0, flat), weight[0], bias[0]), None
-        order = torch.argsort(sub, stable=True)
-        counts = torch.bincount(sub, minlength=weight.shape[0]).tolist()  # one host sync
-        rows = table.index_select(0, flat.index_select(0, order))  # (M, D), grouped by sub-position
-        if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):  # out= has no autograd
-            parts = [F.linear(rows[a : a + n], weight[s], bias[s]) for s, a, n in _groups(counts)]
-            return (torch.cat(parts) if parts else F.linear(rows, weight[0], bias[0])), order
-        device = rows.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
-        rows, weight, bias = rows.to(dtype), weight.to(dtype), bias.to(dtype)  # what F.linear would compute in
-        out = rows.new_empty((rows.shape[0], weight.shape[1]))
-        for s, a, n in _groups(counts):
-            torch.addmm(bias[s], rows[a : a + n], weight[s].t(), out=out[a : a + n])
-        return out, order
-
     def project_positions(self, hidden: torch.Tensor, index: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Logits at the requested token positions only, in request order: the ``K``-way head on ``M`` rows.
+        """Logits at the requested token positions only: the ``K``-way head applied to ``M`` rows.
 
-        Row ``n`` of the result equals ``forward(tokens, t)[b[n], f[n], y[n], x[n]]`` (same weights),
-        but only ``M·K`` logits are computed instead of ``B·T·h·w·K``
-        (:meth:`project_positions_grouped`, then one row gather back to request order when ``p > 1``).
+        Row ``n`` of the result equals ``forward(tokens, t)[b[n], f[n], y[n], x[n]]`` (same weights,
+        same order), but only ``M·K`` logits are computed instead of ``B·T·h·w·K``: each position is
+        projected with the ``K`` weight rows of its sub-position (:meth:`head_index`), never with the
+        whole patch's ``p²K``. With ``p > 1`` the rows are gathered once sorted by sub-position (one host
+        sync for the group sizes), each group is one matrix product written into its slice of one buffer,
+        and one row gather puts the logits back in request order.
 
         Args:
             hidden: ``[B, T, N, D]`` from ``forward(..., return_hidden=True)``.
@@ -542,11 +507,25 @@ class MaskFlowTransformer(nn.Module):
         Returns:
             Logits ``[M, K]`` in ``hidden``'s dtype (the linear's output dtype under autocast).
         """
-        out, order = self.project_positions_grouped(hidden, index)
-        if order is None:
-            return out
-        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        return out.index_select(0, inverse)
+        flat, sub = self.head_index(hidden, index)
+        weight, bias = self.head_weights()
+        table = hidden.reshape(-1, hidden.shape[-1])  # (B·T·N, D)
+        if weight.shape[0] == 1:
+            return F.linear(table.index_select(0, flat), weight[0], bias[0])
+        order = torch.argsort(sub, stable=True)
+        counts = torch.bincount(sub, minlength=weight.shape[0]).tolist()  # one host sync
+        rows = table.index_select(0, flat.index_select(0, order))  # (M, D), grouped by sub-position
+        groups, back = _groups(counts), torch.argsort(order)  # back: each request's row in sub-position order
+        if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):  # out= has no autograd
+            parts = [F.linear(rows[a : a + n], weight[s], bias[s]) for s, a, n in groups]
+            return (torch.cat(parts) if parts else F.linear(rows, weight[0], bias[0])).index_select(0, back)
+        device = rows.device.type  # inference: each group's product written straight into its slice (no concat)
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else rows.dtype
+        rows, weight, bias = rows.to(dtype), weight.to(dtype), bias.to(dtype)  # what F.linear would compute in
+        out = rows.new_empty((rows.shape[0], weight.shape[1]))
+        for s, a, n in groups:
+            torch.addmm(bias[s], rows[a : a + n], weight[s].t(), out=out[a : a + n])
+        return out.index_select(0, back)
 
 
 def _groups(counts: list[int]) -> list[tuple[int, int, int]]:

@@ -34,7 +34,6 @@ def sample_categorical(
     generator: torch.Generator | None = None,
     *,
     with_confidence: bool = True,
-    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     r"""Draw one class per position from :math:`\mathrm{Softmax}(\text{logits} / \tau)`.
 
@@ -43,10 +42,6 @@ def sample_categorical(
         temperature: :math:`\tau > 0`.
         generator: source of randomness (same device as ``logits``); ``None`` uses the global RNG.
         with_confidence: also return the probability of the drawn class (MGM's confidence score).
-        uniforms: float32 ``[...]`` in ``[0, 1)``, the variate of each position, drawn by the caller
-            (``generator`` is then not used). A caller whose rows come in another order than its
-            positions (:meth:`~maskflow.sampling.guidance.HeadLogits.rows_grouped`) draws them in
-            position order and permutes them with the rows, so the samples do not depend on the order.
 
     Returns:
         ``(tokens, confidence)``: int64 ``[...]`` in ``[0, K)`` and float32 ``[...]`` in ``(0, 1]``
@@ -67,9 +62,7 @@ def sample_categorical(
     cum = F.pad(blocks.sum(dim=-1).cumsum_(dim=-1), (1, 0))  # [R, nb + 1]: mass before each block, then the total
     total = cum[:, nb:]  # [R, 1]
     zero = total.new_zeros(())
-    if uniforms is None:
-        uniforms = uniform((r, 1), generator, e.device)
-    u = torch.minimum(uniforms.reshape(r, 1) * total, torch.nextafter(total, zero))  # in [0, total)
+    u = torch.minimum(uniform((r, 1), generator, e.device) * total, torch.nextafter(total, zero))  # in [0, total)
     bi = torch.searchsorted(cum, u, right=True).sub_(1)  # [R, 1]: the block holding u (cum[bi] <= u < cum[bi + 1])
     below = cum.gather(1, bi)  # mass before that block
     first = torch.arange(0, r * nb, nb, device=e.device)  # [R]: each row's first block

@@ -223,6 +223,9 @@ class HeadLogits:
         """The logits of the generated frames ``[start, start + length)`` only (frame 0 of the result is
         frame ``start``), still computed on request; like ``Tensor.narrow`` on the frame dimension.
 
+        Returns:
+            :class:`HeadLogits` of ``[B, length, h, w, K]`` logits (the same hidden states or dense logits).
+
         Raises:
             ValueError: the range is not inside these frames.
         """
@@ -256,24 +259,3 @@ class HeadLogits:
         m, bs = b.shape[0], self.batch_size
         z = project(self.hidden, (torch.cat([b, b + bs, b + 2 * bs]), f.repeat(3), y.repeat(3), x.repeat(3)))
         return fuse_guidance(z[:m], z[m : 2 * m], z[2 * m :], self.denoiser.guidance_scale)
-
-    def rows_grouped(self, index: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Like :meth:`rows`, but in the order the head computes them fastest (no ``[M, K]`` permutation).
-
-        With the masked head and a backbone that has ``project_positions_grouped`` (patch size above 1)
-        the rows come grouped by sub-position; a sampler that only needs to know which row belongs to
-        which position (MGM) saves the gather back to request order. Guided calls and the dense head
-        keep request order.
-
-        Args:
-            index: ``(b, f, y, x)`` as for :meth:`rows`.
-
-        Returns:
-            ``(logits, order)``: ``[M, K]``; row ``i`` is request ``order[i]`` (int64 ``[M]``), or request
-            ``i`` when ``order`` is ``None``.
-        """
-        project = getattr(self.denoiser.head_model, "project_positions_grouped", None)
-        if self._dense is not None or self.guided or project is None:
-            return self.rows(index), None
-        b, f, y, x = index
-        return project(self.hidden, (b, f + self.n_context, y, x))

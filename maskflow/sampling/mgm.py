@@ -10,16 +10,12 @@ so that exactly :math:`n_i` tokens stay masked after step ``i`` (the unmasking s
 every step, so the work is batched without host syncs (the masked head's projection adds one per step
 when the patch size is above 1: the sizes of its sub-position groups): the masked positions are
 kept in a ``[B, n_{i-1}]`` index (a stable sort of the previous step's), only their logits are sampled
-(the cost shrinks as the chunk fills), and one ``topk`` picks the tokens to commit. Each draw's uniform
-variate is drawn in position order; the masked head may return the rows grouped by sub-position
-(:meth:`~maskflow.sampling.guidance.HeadLogits.rows_grouped`), and then the variates are permuted with
-them and the draws put back in position order, so the ``[B·n_{i-1}, K]`` logits are never copied and the
-samples equal the dense head's (up to the matmul's rounding). Committed tokens are final. The masked positions
-and each frame's unmasked count are updated from the committed tokens alone, so no step does work that
-grows with the whole chunk outside the backbone (each frame's level is read from a table of
-:math:`\kappa^{-1}` over the possible counts).
-The last step commits every remaining token (no confidences, no ranking), so the chunk takes exactly
-``S`` passes and no mask token is left (Algorithm 4's early ``break`` can only trigger after the last step here).
+(the cost shrinks as the chunk fills), and one ``topk`` picks the tokens to commit. Committed tokens
+are final. The masked positions and each frame's unmasked count are updated from the committed tokens
+alone, so no step does work that grows with the whole chunk outside the backbone (each frame's level is
+read from a table of :math:`\kappa^{-1}` over the possible counts). The last step commits every
+remaining token (no confidences, no ranking), so the chunk takes exactly ``S`` passes and no mask token
+is left (Algorithm 4's early ``break`` can only trigger after the last step here).
 
 The masked head cannot make an MGM pass as cheap as an FM pass: Algorithm 4 ranks every masked token, so
 every step projects and normalises all of them (``2·D·K`` FLOPs and ``K`` exponentials per token), where
@@ -103,25 +99,15 @@ def sample_chunk_mgm(
         n_commit = prev - n_left
         if n_commit == 0:  # nothing left to unmask (fewer tokens than steps): the pass still counts
             continue
-        u = uniform((b, prev), generator, device)  # each masked token's variate for its draw, in position order
         confident = n_left > 0  # the last step commits every remaining token: no ranking
         if head.is_dense:
             rows = rearrange(head.dense(), "b f h w k -> b (f h w) k")
             if prev < n_tokens:  # (at the first step every token is masked: no gather needed)
                 rows = rows[video, pos]  # [B, prev, K], whole rows copied
-            codes, conf = sample_categorical(rows, temperature, with_confidence=confident, uniforms=u)
-        else:  # the K-way head only at the still-masked positions
+        else:  # the K-way head only at the still-masked positions, in the same [B, prev] order
             index = (video.expand(b, prev).reshape(-1), *frame_row_col.index_select(1, pos.reshape(-1)).unbind(0))
-            rows, order = head.rows_grouped(index)  # [B·prev, K]; row i is position order[i] (None: i)
-            if order is None:
-                codes, conf = sample_categorical(rows, temperature, with_confidence=confident, uniforms=u)
-            else:  # rows grouped by the head's sub-position: permute the variates, not the [B·prev, K] rows
-                u = u.view(-1).index_select(0, order)
-                codes, conf = sample_categorical(rows, temperature, with_confidence=confident, uniforms=u)
-                codes = torch.empty_like(codes).index_copy_(0, order, codes)  # back to position order
-                conf = torch.empty_like(conf).index_copy_(0, order, conf) if confident else None
-            codes = codes.view(b, prev)
-            conf = conf.view(b, prev) if confident else None
+            rows = head.rows(index).view(b, prev, -1)  # [B, prev, K]
+        codes, conf = sample_categorical(rows, temperature, generator, with_confidence=confident)  # [B, prev] each
         if not confident:
             flat.scatter_(1, pos, codes)
             prev = 0
